@@ -1,0 +1,19 @@
+# Quick start: `make run` (set up, then run the workflow) and `make test`.
+VENV := .venv
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: run test
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	snakemake --cores all
+
+test: $(STAMP)
+	ruff check .
+	pytest

@@ -1,0 +1,21 @@
+"""steelflow: Severstal steel defect detection, from raw images to a scored submission.
+
+Each rule runs one `steelflow <stage>` command; dvc.yaml describes the same stages.
+"""
+
+from steelflow.config import validate
+
+
+configfile: "config.yaml"
+
+
+validate(config)
+
+
+include: "workflow/rules/common.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

@@ -1,0 +1,96 @@
+"""Load config.yaml and validate it against the workflow's one JSON schema."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that does not match the schema; the message names the key."""
+
+
+def _describe(error) -> str:
+    """One line naming the key at fault and what the schema expected."""
+    key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    rule, expected, value = error.validator, error.validator_value, error.instance
+    if rule == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(value) - set(allowed))
+        where = f"in '{key}'" if error.absolute_path else "at the top level"
+        names = ", ".join(map(repr, unknown))
+        return f"unknown key {names} {where}; expected one of: {', '.join(allowed)}"
+    if rule == "type":
+        return f"{key}: expected {expected}, got {value!r}"
+    if rule == "enum":
+        return f"{key}: expected one of {expected}, got {value!r}"
+    if rule in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+        return f"{key}: expected a value {op[rule]} {expected}, got {value!r}"
+    return f"{key}: {error.message}"
+
+
+def validate(config: dict[str, Any], schema: Path = SCHEMA) -> dict[str, Any]:
+    """Validate ``config`` in place with snakemake's validator, filling defaults.
+
+    Raises ConfigError with one line naming the key and what was expected.
+    """
+    from jsonschema.exceptions import ValidationError
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate as snakemake_validate
+
+    if not schema.is_file():
+        raise ConfigError(f"config schema not found at {schema}")
+    try:
+        snakemake_validate(config, str(schema), set_default=True)
+    except WorkflowError as e:
+        cause = e.__context__  # snakemake raises while handling jsonschema's error
+        if not isinstance(cause, ValidationError):
+            raise
+        raise ConfigError(f"invalid config: {_describe(cause)}") from None
+    return config
+
+
+def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config, apply ``overrides`` (dotted keys, e.g. ``{"train.epochs": 1}``),
+    validate it and return it with defaults filled in."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(config).__name__}")
+    config = copy.deepcopy(config)
+    for key, value in (overrides or {}).items():
+        _set_dotted(config, key, value)
+    try:
+        return validate(config)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse a command-line override ``key.sub=value``; the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=1")
+    return key.strip(), yaml.safe_load(value)

@@ -13,6 +13,7 @@ validate(config)
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
 
 
 rule all:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from steelflow.atomic import write_json
+from steelflow.config import load, parse_override
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -22,9 +24,31 @@ def _score(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+def _fetch(args: argparse.Namespace) -> None:
+    from steelflow.sources import fetch
+
+    config = load(args.config, dict(args.overrides))
+    fetch(config["data"], config["seed"], Path(args.out))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steelflow", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    configured = argparse.ArgumentParser(add_help=False)
+    configured.add_argument("--config", default="config.yaml", help="config file (config.yaml)")
+    configured.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=parse_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set data.synthetic.n_train=50 (repeatable)",
+    )
+
+    p = stages.add_parser("fetch", parents=[configured], help="raw data in the Kaggle layout")
+    p.add_argument("--out", default="resources/raw", help="output folder (resources/raw)")
+    p.set_defaults(run=_fetch)
 
     p = stages.add_parser("score", help="competition Dice of a submission against the truth")
     p.add_argument("--submission", required=True, help="predicted masks, either CSV layout")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,3 +18,23 @@ def real_data() -> Path:
         pytest.skip(f"real Severstal data not found at {REAL}: it ships with the development "
                     "checkout (../shared), not with a user's clone")
     return REAL
+
+
+@pytest.fixture
+def real_kaggle_folder(real_data, tmp_path) -> Path:
+    """The 6 real train images with the old-layout train.csv, as a Kaggle folder.
+
+    Two of them double as test images, with a sample_submission.csv.
+    """
+    folder = tmp_path / "kaggle"
+    (folder / "train_images").mkdir(parents=True)
+    (folder / "test_images").mkdir()
+    images = sorted((real_data / "train_images").glob("*.jpg"))
+    for image in images:
+        shutil.copy(image, folder / "train_images" / image.name)
+    for image in images[:2]:
+        shutil.copy(image, folder / "test_images" / image.name)
+    shutil.copy(real_data / "train_subset_oldformat.csv", folder / "train.csv")
+    rows = [f"{image.name}_{c},1 1" for image in images[:2] for c in range(1, 5)]
+    (folder / "sample_submission.csv").write_text("ImageId_ClassId,EncodedPixels\n" + "\n".join(rows) + "\n")
+    return folder

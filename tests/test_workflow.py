@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
+import os
 import re
 import shutil
 import subprocess
@@ -17,10 +16,12 @@ from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
 WORKFLOW_FILES = ["Snakefile", "workflow", "config.yaml", "dvc.yaml", "profiles"]
+TINY = {"n_train": 16, "n_test": 4}  # the tiny data set of workflow tests
 
 
 def run(args, cwd, check=True):
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # rules call steelflow
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -36,20 +37,24 @@ def project(tmp_path) -> Path:
     for name in WORKFLOW_FILES:
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["data"]["synthetic"].update(TINY)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     return tmp_path
 
 
 def snakemake_stages(cwd: Path) -> dict[str, dict]:
-    """Each rule's shell command, inputs and outputs, from `snakemake --detailed-summary`."""
-    out = snakemake("--detailed-summary", "--forceall", cwd=cwd).stdout
-    table = out[out.index("output_file\t"):]
+    """Each rule's shell command, inputs and outputs, from a forced dry run."""
+    out = snakemake("--dry-run", "--printshellcmds", "--forceall", "--cores", "1", cwd=cwd).stdout
     stages: dict[str, dict] = {}
-    for row in csv.DictReader(io.StringIO(table), delimiter="\t"):
-        stage = stages.setdefault(row["rule"], {"cmd": None, "deps": set(), "outs": set()})
-        cmd = re.sub(r"\s*>\s*\S+\s+2>&1\s*$", "", row["shellcmd"].strip())
-        stage["cmd"] = " ".join(cmd.split())
-        stage["deps"] |= {p for p in row["input-file(s)"].split(",") if p and p != "-"}
-        stage["outs"].add(row["output_file"])
+    for block in re.split(r"\n(?=rule \w+:)", out)[1:]:
+        name = re.match(r"rule (\w+):", block)[1]
+        stage = stages.setdefault(name, {"cmd": None, "deps": set(), "outs": set()})
+        for key, field in (("input", "deps"), ("output", "outs")):
+            found = re.search(rf"^    {key}: (.+)$", block, re.MULTILINE)
+            stage[field] |= set(found[1].split(", ")) if found else set()
+        cmd = re.search(r"^Shell command: (.+)$", block, re.MULTILINE)[1]
+        stage["cmd"] = " ".join(re.sub(r"\s*>\s*\S+\s+2>&1\s*$", "", cmd).split())
     return stages
 
 
@@ -92,8 +97,11 @@ def test_drift_is_detected(project):
 
 
 def test_the_workflow_runs_in_a_fresh_folder(project):
-    result = snakemake("--cores", "1", cwd=project)
-    assert "steps (100%) done" in result.stdout + result.stderr
+    snakemake("--cores", "2", cwd=project)
+    assert len(list((project / "resources/raw/train_images").glob("*.jpg"))) == TINY["n_train"]
+    assert (project / "logs/fetch.log").is_file() and (project / "logs/benchmarks/fetch.tsv").is_file()
+    again = snakemake("--cores", "2", "--dry-run", cwd=project)
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 def test_a_bad_config_stops_snakemake_with_one_clear_line(project):

@@ -31,6 +31,34 @@ def _fetch(args: argparse.Namespace) -> None:
     fetch(config["data"], config["seed"], Path(args.out))
 
 
+def _masks(args: argparse.Namespace) -> None:
+    from steelflow.masks import build
+
+    raw = Path(args.raw)
+    build(raw / "train.csv", raw / "train_images", Path(args.out))
+
+
+def _eda(args: argparse.Namespace) -> None:
+    from steelflow.eda import run_eda
+
+    config = load(args.config, dict(args.overrides))
+    stats = run_eda(Path(args.masks), Path(args.raw) / "train_images", Path(args.out),
+                    config["eda"]["examples_per_class"], config["seed"])  # fmt: skip
+    print(json.dumps(stats, indent=2))
+
+
+def _split(args: argparse.Namespace) -> None:
+    from steelflow.atomic import atomic_path
+    from steelflow.masks import MaskCache
+    from steelflow.split import assign_folds
+
+    config = load(args.config, dict(args.overrides))
+    folds = assign_folds(MaskCache(args.masks).classes(), config["split"]["folds"], config["seed"])
+    with atomic_path(args.out) as tmp:
+        folds.to_csv(tmp, index=False)
+    print(folds.groupby("fold").size().to_string())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steelflow", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -49,6 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = stages.add_parser("fetch", parents=[configured], help="raw data in the Kaggle layout")
     p.add_argument("--out", default="resources/raw", help="output folder (resources/raw)")
     p.set_defaults(run=_fetch)
+
+    p = stages.add_parser("masks", help="decode train.csv into the mask cache")
+    p.add_argument("--raw", default="resources/raw", help="Kaggle layout folder (resources/raw)")
+    p.add_argument("--out", default="results/masks", help="cache folder (results/masks)")
+    p.set_defaults(run=_masks)
+
+    p = stages.add_parser("eda", parents=[configured], help="statistics and figures of the data")
+    p.add_argument("--raw", default="resources/raw", help="Kaggle layout folder (resources/raw)")
+    p.add_argument("--masks", default="results/masks", help="mask cache (results/masks)")
+    p.add_argument("--out", default="results/eda", help="output folder (results/eda)")
+    p.set_defaults(run=_eda)
+
+    p = stages.add_parser("split", parents=[configured], help="stratified folds of the train set")
+    p.add_argument("--masks", default="results/masks", help="mask cache (results/masks)")
+    p.add_argument("--out", default="results/split.csv", help="output CSV (results/split.csv)")
+    p.set_defaults(run=_split)
 
     p = stages.add_parser("score", help="competition Dice of a submission against the truth")
     p.add_argument("--submission", required=True, help="predicted masks, either CSV layout")

@@ -54,6 +54,12 @@ def validate(config: dict[str, Any], schema: Path = SCHEMA) -> dict[str, Any]:
         if not isinstance(cause, ValidationError):
             raise
         raise ConfigError(f"invalid config: {_describe(cause)}") from None
+    split = config["split"]
+    if split["val_fold"] >= split["folds"]:
+        raise ConfigError(
+            f"invalid config: split.val_fold: expected a fold below split.folds "
+            f"({split['folds']}), got {split['val_fold']}"
+        )
     return config
 
 

@@ -34,7 +34,7 @@ def test_overrides_use_dotted_keys():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"sede": 1}, r"unknown key 'sede' at the top level; expected one of: data, seed"),
+        ({"sede": 1}, r"unknown key 'sede' at the top level; expected one of: data, eda, seed, split"),
         ({"seed": "many"}, r"seed: expected integer, got 'many'"),
         ({"seed": -1}, r"seed: expected a value >= 0, got -1"),
         ({"data.synthetic.n_trian": 5}, r"unknown key 'n_trian' in 'data.synthetic'; expected one of: jpeg_quality, n_test, n_train, preset, workers"),

@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
-WORKFLOW_FILES = ["Snakefile", "workflow", "config.yaml", "dvc.yaml", "profiles"]
+WORKFLOW_FILES = ["Snakefile", "workflow", "config.yaml", "dvc.yaml", "profiles", "steelflow"]
 TINY = {"n_train": 16, "n_test": 4}  # the tiny data set of workflow tests
 
 
@@ -102,6 +102,25 @@ def test_the_workflow_runs_in_a_fresh_folder(project):
     assert (project / "logs/fetch.log").is_file() and (project / "logs/benchmarks/fetch.tsv").is_file()
     again = snakemake("--cores", "2", "--dry-run", cwd=project)
     assert "Nothing to be done" in again.stdout + again.stderr
+    snakemake("--report", "report.html", cwd=project)
+    report = (project / "report.html").read_text(errors="replace")
+    assert all(f"{name}.png" in report for name in ("class_balance", "mask_areas", "examples"))
+
+
+def test_dvc_repro_runs_the_same_stages(project):
+    for name in (".dvc/config", ".dvcignore"):
+        (project / name).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, project / name)
+    run(["git", "init", "-q"], project)
+    dvc = [BIN / "dvc"]
+    result = run([*dvc, "repro"], project)
+    for stage in dvc_stages(project / "dvc.yaml"):
+        assert f"Running stage '{stage}'" in result.stdout
+    assert len(list((project / "resources/raw/train_images").glob("*.jpg"))) == TINY["n_train"]
+    assert (project / "results/split.csv").is_file() and (project / "dvc.lock").is_file()
+    assert "up to date" in run([*dvc, "status"], project).stdout
+    run([*dvc, "push"], project)
+    assert any((project / "dvc-storage").rglob("*"))
 
 
 def test_a_bad_config_stops_snakemake_with_one_clear_line(project):

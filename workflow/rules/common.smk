@@ -22,4 +22,4 @@ CONFIG_FILE = config_file()
 
 def all_outputs():
     """The final products of the workflow."""
-    return ["resources/raw"]
+    return ["results/eda/stats.json", "results/split.csv"]

@@ -1,0 +1,107 @@
+"""The mask cache: every train.csv mask decoded once, bit-packed for random access.
+
+Layout of the cache folder:
+  bits.npy   (n_masks, H * W / 8) uint8: each mask's (H, W) pixels, packed 8 to a byte
+  index.csv  ImageId and, per class 1-4, the row of its mask in bits.npy (-1 = none);
+             every train image is listed, clean ones with -1 four times
+  shape.json the (height, width) of the masks
+A Kaggle-sized set (7,095 masks) takes about 360 MB; one image's masks unpack in
+well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from steelflow import rle
+from steelflow.atomic import atomic_dir
+from steelflow.io import CLASSES, read_masks
+
+SLOTS = [f"mask_{c}" for c in CLASSES]
+
+
+class MaskError(ValueError):
+    """A train.csv mask that cannot go into the cache; the message names file and line."""
+
+
+def build(train_csv: Path, images_dir: Path, out: Path) -> None:
+    """Decode every mask of ``train_csv`` into the cache folder ``out``, atomically.
+
+    Malformed RLE and masks of two classes that overlap are errors naming the lines.
+    """
+    table = read_masks(train_csv)
+    table = table[table.EncodedPixels != ""]
+    images = sorted(p.name for p in images_dir.glob("*.jpg"))
+    unknown = sorted(set(table.ImageId) - set(images))
+    if unknown:
+        raise MaskError(f"{train_csv}: image {unknown[0]} has masks but is not in {images_dir}")
+    height, width = rle.SHAPE
+    index = pd.DataFrame(-1, index=pd.Index(images, name="ImageId"), columns=SLOTS)
+    with atomic_dir(out) as tmp:
+        bits = np.lib.format.open_memmap(
+            tmp / "bits.npy", mode="w+", dtype=np.uint8, shape=(len(table), height * width // 8)
+        )
+        row = 0
+        groups = table.groupby("ImageId", sort=True)
+        for image, masks in tqdm(groups, desc="decoding masks", unit="img", mininterval=2):
+            taken = np.zeros((height, width), np.uint8)  # class of each pixel so far
+            for line, cls, text in zip(
+                masks.index, masks.ClassId, masks.EncodedPixels, strict=True
+            ):
+                try:
+                    mask = rle.decode(text)
+                except ValueError as e:
+                    raise MaskError(f"{train_csv}, line {line}: {e}") from None
+                clash = taken[mask.astype(bool)]
+                if clash.any():
+                    other = masks.index[masks.ClassId == clash.max()][0]
+                    raise MaskError(
+                        f"{train_csv}, line {line}: the class {cls} mask of {image} overlaps "
+                        f"its class {clash.max()} mask (line {other}); classes never overlap"
+                    )
+                taken[mask.astype(bool)] = cls
+                bits[row] = np.packbits(mask)
+                index.loc[image, f"mask_{cls}"] = row
+                row += 1
+        bits.flush()
+        del bits
+        index.to_csv(tmp / "index.csv")
+        (tmp / "shape.json").write_text(json.dumps([height, width]) + "\n")
+
+
+class MaskCache:
+    """Read access to a mask cache: ``cache[image_id]`` is a (4, H, W) uint8 0/1 array."""
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        self.index = pd.read_csv(folder / "index.csv", index_col="ImageId")
+        self.shape = tuple(json.loads((folder / "shape.json").read_text()))
+        self.bits = np.load(folder / "bits.npy", mmap_mode="r")
+        self._rows = dict(zip(self.index.index, self.index[SLOTS].to_numpy(), strict=True))
+
+    @property
+    def image_ids(self) -> list[str]:
+        return self.index.index.tolist()
+
+    def classes(self) -> pd.DataFrame:
+        """0/1 flags per image (rows) and class 1-4 (columns)."""
+        flags = (self.index[SLOTS] >= 0).astype(int)
+        flags.columns = list(CLASSES)
+        return flags
+
+    def __getitem__(self, image_id: str) -> np.ndarray:
+        try:
+            rows = self._rows[image_id]
+        except KeyError:
+            raise KeyError(f"image {image_id} is not in the mask cache") from None
+        height, width = self.shape
+        out = np.zeros((len(CLASSES), height, width), np.uint8)
+        for k, row in enumerate(rows):
+            if row >= 0:
+                out[k] = np.unpackbits(self.bits[row], count=height * width).reshape(height, width)
+        return out

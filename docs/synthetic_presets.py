@@ -17,7 +17,9 @@ from steelflow.figures import outline, save
 fig, axes = plt.subplots(8, 1, figsize=(16, 21))
 panels = [(cls, preset) for cls in (1, 2, 3, 4) for preset in synthetic.PRESETS]
 for ax, (cls, preset) in zip(axes, panels, strict=True):
-    drawn = synthetic.draw_image(np.random.default_rng(100 + cls), (cls,), synthetic.PRESETS[preset])
+    drawn = synthetic.draw_image(
+        np.random.default_rng(100 + cls), (cls,), synthetic.PRESETS[preset]
+    )
     ax.imshow(outline(drawn.image, drawn.masks, thickness=2))
     ax.set_title(f"class {cls}, preset {preset}", fontsize=11)
     ax.axis("off")

@@ -40,8 +40,9 @@ def main() -> None:
     workers = os.cpu_count() or 1
 
     start = time.perf_counter()
-    synthetic.generate(raw, args.images, 1, seed=0, preset="clear", jpeg_quality=95,
-                       workers=workers)  # fmt: skip
+    synthetic.generate(
+        raw, args.images, 1, seed=0, preset="clear", jpeg_quality=95, workers=workers
+    )
     generate_s = time.perf_counter() - start
     table = read_masks(raw / "train.csv")
 
@@ -59,8 +60,10 @@ def main() -> None:
             t = time.perf_counter()
             cache[image]
             times.append(time.perf_counter() - t)
-        reads[name] = {"median_ms": float(np.median(times) * 1e3),
-                       "p99_ms": float(np.percentile(times, 99) * 1e3)}  # fmt: skip
+        reads[name] = {
+            "median_ms": float(np.median(times) * 1e3),
+            "p99_ms": float(np.percentile(times, 99) * 1e3),
+        }
 
     results = {
         "cores": workers,
@@ -83,20 +86,28 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     reads = r["read_four_masks"]
-    return "\n".join([
-        f"Data stage at Kaggle scale ({r['images']:,} train images, {r['masks']:,} masks, "
-        f"{r['cores']} cores), one run:",
-        "",
-        "| what | measured | target |",
-        "|---|---|---|",
-        f"| synthetic generation | {r['generate_s']:.0f} s "
-        f"({r['generate_images_per_s']:.0f} images/s), "
-        f"{r['raw_bytes'] / 1e9:.2f} GB of JPEG | <= 300 s |",
-        f"| mask cache build | {r['cache_build_s']:.1f} s | <= 60 s |",
-        f"| mask cache on disk | {r['cache_bytes'] / 1e6:.0f} MB | <= 1 GB |",
-        *(f"| read one image's four masks ({k}) | median {v['median_ms']:.3f} ms, "
-          f"p99 {v['p99_ms']:.3f} ms | <= 1 ms |" for k, v in reads.items()),
-    ]) + "\n"  # fmt: skip
+    return (
+        "\n".join(
+            [
+                f"Data stage at Kaggle scale ({r['images']:,} train images, {r['masks']:,} masks, "
+                f"{r['cores']} cores), one run:",
+                "",
+                "| what | measured | target |",
+                "|---|---|---|",
+                f"| synthetic generation | {r['generate_s']:.0f} s "
+                f"({r['generate_images_per_s']:.0f} images/s), "
+                f"{r['raw_bytes'] / 1e9:.2f} GB of JPEG | <= 300 s |",
+                f"| mask cache build | {r['cache_build_s']:.1f} s | <= 60 s |",
+                f"| mask cache on disk | {r['cache_bytes'] / 1e6:.0f} MB | <= 1 GB |",
+                *(
+                    f"| read one image's four masks ({k}) | median {v['median_ms']:.3f} ms, "
+                    f"p99 {v['p99_ms']:.3f} ms | <= 1 ms |"
+                    for k, v in reads.items()
+                ),
+            ]
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from steelflow import synthetic
-from steelflow.figures import outline, save
+from steelflow.report import outline, save
 
 fig, axes = plt.subplots(8, 1, figsize=(16, 21))
 panels = [(cls, preset) for cls in (1, 2, 3, 4) for preset in synthetic.PRESETS]

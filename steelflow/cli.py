@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -42,8 +43,13 @@ def _eda(args: argparse.Namespace) -> None:
     from steelflow.eda import run_eda
 
     config = load(args.config, dict(args.overrides))
-    stats = run_eda(Path(args.masks), Path(args.raw) / "train_images", Path(args.out),
-                    config["eda"]["examples_per_class"], config["seed"])  # fmt: skip
+    stats = run_eda(
+        Path(args.masks),
+        Path(args.raw) / "train_images",
+        Path(args.out),
+        config["eda"]["examples_per_class"],
+        config["seed"],
+    )
     print(json.dumps(stats, indent=2))
 
 
@@ -57,6 +63,23 @@ def _split(args: argparse.Namespace) -> None:
     with atomic_path(args.out) as tmp:
         folds.to_csv(tmp, index=False)
     print(folds.groupby("fold").size().to_string())
+
+
+def _train(args: argparse.Namespace) -> None:
+    from steelflow.train import run
+
+    config = load(args.config, dict(args.overrides))
+    best = run(
+        args.network,
+        config,
+        Path(args.raw) / "train_images",
+        Path(args.masks),
+        Path(args.split),
+        Path(args.out),
+        Path(args.history),
+        resume=args.resume,
+    )
+    print(json.dumps({"best": best}, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/split.csv", help="output CSV (results/split.csv)")
     p.set_defaults(run=_split)
 
+    p = stages.add_parser("train", parents=[configured], help="train the classifier or the U-Net")
+    p.add_argument("network", choices=["classifier", "unet"])
+    p.add_argument("--raw", default="resources/raw", help="Kaggle layout folder (resources/raw)")
+    p.add_argument("--masks", default="results/masks", help="mask cache (results/masks)")
+    p.add_argument("--split", default="results/split.csv", help="folds (results/split.csv)")
+    p.add_argument("--out", required=True, help="best checkpoint, e.g. models/unet.pt")
+    p.add_argument("--history", required=True, help="per-epoch CSV, e.g. results/train/unet.csv")
+    p.add_argument("--resume", action="store_true", help="go on from the last checkpoint if any")
+    p.set_defaults(run=_train)
+
     p = stages.add_parser("score", help="competition Dice of a submission against the truth")
     p.add_argument("--submission", required=True, help="predicted masks, either CSV layout")
     p.add_argument("--truth", required=True, help="true masks, either CSV layout")
@@ -104,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 
 from steelflow.atomic import write_json
-from steelflow.figures import CLASS_COLORS, outline, save
 from steelflow.io import CLASSES
 from steelflow.masks import SLOTS, MaskCache
+from steelflow.report import CLASS_COLORS, outline, save
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -48,7 +48,7 @@ def statistics(cache: MaskCache, areas: pd.DataFrame) -> dict:
             if (areas.ClassId == c).any()
             else None
             for c in CLASSES
-        },  # fmt: skip
+        },
     }
 
 
@@ -99,8 +99,9 @@ def plot_examples(
     """A grid of example images per class with every mask outlined in its class colour."""
     rng = np.random.default_rng(seed)
     flags = cache.classes()
-    fig, axes = plt.subplots(len(CLASSES), per_class, figsize=(8 * per_class, 1.6 * len(CLASSES)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(CLASSES), per_class, figsize=(8 * per_class, 1.6 * len(CLASSES)), squeeze=False
+    )
     for ax_row, cls in zip(axes, CLASSES, strict=True):
         having = sorted(flags.index[flags[cls] == 1])
         chosen = (

@@ -15,8 +15,10 @@ REAL = ROOT.parent / "shared" / "data" / "severstal-real"
 def real_data() -> Path:
     """Folder of real competition files; skipped where the clone has no ../shared."""
     if not REAL.is_dir():
-        pytest.skip(f"real Severstal data not found at {REAL}: it ships with the development "
-                    "checkout (../shared), not with a user's clone")
+        pytest.skip(
+            f"real Severstal data not found at {REAL}: it ships with the development "
+            "checkout (../shared), not with a user's clone"
+        )
     return REAL
 
 
@@ -36,5 +38,7 @@ def real_kaggle_folder(real_data, tmp_path) -> Path:
         shutil.copy(image, folder / "test_images" / image.name)
     shutil.copy(real_data / "train_subset_oldformat.csv", folder / "train.csv")
     rows = [f"{image.name}_{c},1 1" for image in images[:2] for c in range(1, 5)]
-    (folder / "sample_submission.csv").write_text("ImageId_ClassId,EncodedPixels\n" + "\n".join(rows) + "\n")
+    (folder / "sample_submission.csv").write_text(
+        "ImageId_ClassId,EncodedPixels\n" + "\n".join(rows) + "\n"
+    )
     return folder

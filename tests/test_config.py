@@ -12,7 +12,9 @@ from tests.conftest import ROOT
 def test_default_config_is_valid_and_complete():
     config = load(ROOT / "config.yaml")
     assert config["seed"] == 42
-    assert config["data"]["source"] == "synthetic" and config["data"]["synthetic"]["preset"] == "clear"
+    assert (
+        config["data"]["source"] == "synthetic" and config["data"]["synthetic"]["preset"] == "clear"
+    )
 
 
 def test_defaults_fill_missing_keys(tmp_path):
@@ -20,12 +22,18 @@ def test_defaults_fill_missing_keys(tmp_path):
     path.write_text("{}\n")
     config = load(path)
     assert config["seed"] == 42
-    assert config["data"]["synthetic"]["n_train"] == load(ROOT / "config.yaml")["data"]["synthetic"]["n_train"]
+    assert (
+        config["data"]["synthetic"]["n_train"]
+        == load(ROOT / "config.yaml")["data"]["synthetic"]["n_train"]
+    )
 
 
 def test_overrides_use_dotted_keys():
     assert load(ROOT / "config.yaml", {"seed": 7})["seed"] == 7
-    assert load(ROOT / "config.yaml", {"data.synthetic.n_train": 9})["data"]["synthetic"]["n_train"] == 9
+    assert (
+        load(ROOT / "config.yaml", {"data.synthetic.n_train": 9})["data"]["synthetic"]["n_train"]
+        == 9
+    )
     assert parse_override("data.n_train=12") == ("data.n_train", 12)
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_override("seed")
@@ -34,13 +42,25 @@ def test_overrides_use_dotted_keys():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"sede": 1}, r"unknown key 'sede' at the top level; expected one of: data, eda, seed, split"),
+        (
+            {"sede": 1},
+            r"unknown key 'sede' at the top level; expected one of: (\w+, )*seed, split",
+        ),
         ({"seed": "many"}, r"seed: expected integer, got 'many'"),
         ({"seed": -1}, r"seed: expected a value >= 0, got -1"),
-        ({"data.synthetic.n_trian": 5}, r"unknown key 'n_trian' in 'data.synthetic'; expected one of: jpeg_quality, n_test, n_train, preset, workers"),
+        (
+            {"data.synthetic.n_trian": 5},
+            r"unknown key 'n_trian' in 'data.synthetic'; expected one of: jpeg_quality, n_test, n_train, preset, workers",
+        ),
         ({"data.synthetic.n_train": 0}, r"data.synthetic.n_train: expected a value >= 1, got 0"),
-        ({"data.synthetic.jpeg_quality": 101}, r"data.synthetic.jpeg_quality: expected a value <= 100, got 101"),
-        ({"data.source": "s3"}, r"data.source: expected one of \['synthetic', 'kaggle', 'local'\], got 's3'"),
+        (
+            {"data.synthetic.jpeg_quality": 101},
+            r"data.synthetic.jpeg_quality: expected a value <= 100, got 101",
+        ),
+        (
+            {"data.source": "s3"},
+            r"data.source: expected one of \['synthetic', 'kaggle', 'local'\], got 's3'",
+        ),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(overrides, message):

@@ -28,8 +28,11 @@ def data_config(**synthetic):
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -39,14 +42,34 @@ def leftovers(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def synthetic_raw(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "raw"
-    assert main(["fetch", "--config", str(ROOT / "config.yaml"), "--out", str(out),
-                 "--set", "data.synthetic.n_train=12", "--set", "data.synthetic.n_test=4"]) == 0
+    assert (
+        main(
+            [
+                "fetch",
+                "--config",
+                str(ROOT / "config.yaml"),
+                "--out",
+                str(out),
+                "--set",
+                "data.synthetic.n_train=12",
+                "--set",
+                "data.synthetic.n_test=4",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def test_synthetic_source_writes_the_kaggle_layout(synthetic_raw):
     names = {p.name for p in synthetic_raw.iterdir()}
-    assert names == {"train.csv", "test_truth.csv", "sample_submission.csv", "train_images", "test_images"}
+    assert names == {
+        "train.csv",
+        "test_truth.csv",
+        "sample_submission.csv",
+        "train_images",
+        "test_images",
+    }
     train_images = sorted(p.name for p in (synthetic_raw / "train_images").glob("*.jpg"))
     test_images = sorted(p.name for p in (synthetic_raw / "test_images").glob("*.jpg"))
     assert len(train_images) == 12 and len(test_images) == 4
@@ -101,7 +124,9 @@ def test_presets_change_how_visible_defects_are():
         assert signal["clear"] > 2 * signal["realistic"], cls
 
 
-def test_local_folder_is_checked_and_train_csv_rewritten_in_the_new_layout(real_kaggle_folder, real_data, tmp_path):
+def test_local_folder_is_checked_and_train_csv_rewritten_in_the_new_layout(
+    real_kaggle_folder, real_data, tmp_path
+):
     out = tmp_path / "raw"
     fetch({"source": "local", "local_path": str(real_kaggle_folder)}, 0, out)
     new = read_masks(out / "train.csv").reset_index(drop=True)
@@ -144,7 +169,9 @@ def test_local_zip_with_nested_zips(real_kaggle_folder, tmp_path):
     assert not list(out.glob("*.zip"))
 
 
-@pytest.mark.parametrize("entry", ["../escaped.txt", "/tmp/absolute-escape.txt", "train_images/../../x.txt"])
+@pytest.mark.parametrize(
+    "entry", ["../escaped.txt", "/tmp/absolute-escape.txt", "train_images/../../x.txt"]
+)
 def test_zip_entries_may_not_escape_the_target(tmp_path, entry):
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -161,7 +188,7 @@ def test_zip_symlinks_are_refused(tmp_path):
     archive = tmp_path / "link.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         info = zipfile.ZipInfo("train.csv")
-        info.external_attr = (0o120777 << 16)
+        info.external_attr = 0o120777 << 16
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(SourceError, match="symbolic link"):
         fetch({"source": "local", "local_path": str(archive)}, 0, tmp_path / "raw")
@@ -179,7 +206,7 @@ def test_a_previous_good_output_survives_a_failed_fetch(real_kaggle_folder, tmp_
 
 def corrupt(folder: Path) -> str:
     image = sorted((folder / "train_images").glob("*.jpg"))[2]
-    image.write_bytes(image.read_bytes()[: 5000])
+    image.write_bytes(image.read_bytes()[:5000])
     return image.name
 
 
@@ -226,8 +253,17 @@ def no_kaggle_credentials(monkeypatch, tmp_path):
 
 
 def test_kaggle_without_credentials_says_what_to_do(no_kaggle_credentials, tmp_path, capsys):
-    code = main(["fetch", "--config", str(ROOT / "config.yaml"), "--out", str(tmp_path / "raw"),
-                 "--set", "data.source=kaggle"])
+    code = main(
+        [
+            "fetch",
+            "--config",
+            str(ROOT / "config.yaml"),
+            "--out",
+            str(tmp_path / "raw"),
+            "--set",
+            "data.source=kaggle",
+        ]
+    )
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and "no Kaggle credentials" in lines[0]
@@ -277,4 +313,8 @@ def test_kaggle_download_is_extracted_and_checked(monkeypatch, real_kaggle_folde
     fetch({"source": "kaggle"}, 0, tmp_path / "raw")
     assert len(read_masks(tmp_path / "raw" / "train.csv")) == 7
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [
-        "sample_submission.csv", "test_images", "train.csv", "train_images"]
+        "sample_submission.csv",
+        "test_images",
+        "train.csv",
+        "train_images",
+    ]

@@ -24,7 +24,9 @@ def test_both_real_layouts_read_to_the_same_table(real_data):
 
 
 def test_index_is_the_file_line(tmp_path):
-    table = read_masks(write(tmp_path / "t.csv", "ImageId,ClassId,EncodedPixels\na.jpg,3,1 2\n\nb.jpg,1,5 5\n"))
+    table = read_masks(
+        write(tmp_path / "t.csv", "ImageId,ClassId,EncodedPixels\na.jpg,3,1 2\n\nb.jpg,1,5 5\n")
+    )
     assert table.index.tolist() == [2, 4]
 
 
@@ -34,10 +36,15 @@ def test_index_is_the_file_line(tmp_path):
         ("Image,Class\n", r"line 1: header 'Image,Class' fits neither layout"),
         ("ImageId,ClassId,EncodedPixels\na.jpg,5,1 1\n", r"line 2: ClassId '5' is not one of"),
         ("ImageId,ClassId,EncodedPixels\na.jpg,1\n", r"line 2: expected 3 fields"),
-        ("ImageId_ClassId,EncodedPixels\na.jpg_1,\na.jpg,1 1\n", r"line 3: ImageId_ClassId 'a.jpg'"),
+        (
+            "ImageId_ClassId,EncodedPixels\na.jpg_1,\na.jpg,1 1\n",
+            r"line 3: ImageId_ClassId 'a.jpg'",
+        ),
         ("ImageId_ClassId,EncodedPixels\na.jpg_7,\n", r"line 2: ImageId_ClassId 'a.jpg_7'"),
-        ("ImageId,ClassId,EncodedPixels\na.jpg,1,1 1\nb.jpg,1,\na.jpg,1,3 1\n",
-         r"line 4: duplicate row for image a.jpg class 1 \(first at line 2\)"),
+        (
+            "ImageId,ClassId,EncodedPixels\na.jpg,1,1 1\nb.jpg,1,\na.jpg,1,3 1\n",
+            r"line 4: duplicate row for image a.jpg class 1 \(first at line 2\)",
+        ),
     ],
 )
 def test_rows_that_fit_neither_layout_name_file_and_line(tmp_path, text, message):
@@ -47,17 +54,30 @@ def test_rows_that_fit_neither_layout_name_file_and_line(tmp_path, text, message
 
 
 def test_submission_follows_the_sample_order(tmp_path):
-    sample = read_masks(write(
-        tmp_path / "sample.csv",
-        "ImageId_ClassId,EncodedPixels\n" + "".join(f"{i}.jpg_{c},1 1\n" for i in "ba" for c in range(1, 5)),
-    ))
-    masks = pd.DataFrame({"ImageId": ["a.jpg", "b.jpg"], "ClassId": [2, 4], "EncodedPixels": ["3 4", "9 1"]})
+    sample = read_masks(
+        write(
+            tmp_path / "sample.csv",
+            "ImageId_ClassId,EncodedPixels\n"
+            + "".join(f"{i}.jpg_{c},1 1\n" for i in "ba" for c in range(1, 5)),
+        )
+    )
+    masks = pd.DataFrame(
+        {"ImageId": ["a.jpg", "b.jpg"], "ClassId": [2, 4], "EncodedPixels": ["3 4", "9 1"]}
+    )
     out = tmp_path / "submission.csv"
     write_submission(out, masks, sample)
     lines = out.read_text().splitlines()
     assert lines[0] == "ImageId_ClassId,EncodedPixels"
-    assert lines[1:] == ["b.jpg_1,", "b.jpg_2,", "b.jpg_3,", "b.jpg_4,9 1",
-                         "a.jpg_1,", "a.jpg_2,3 4", "a.jpg_3,", "a.jpg_4,"]
+    assert lines[1:] == [
+        "b.jpg_1,",
+        "b.jpg_2,",
+        "b.jpg_3,",
+        "b.jpg_4,9 1",
+        "a.jpg_1,",
+        "a.jpg_2,3 4",
+        "a.jpg_3,",
+        "a.jpg_4,",
+    ]
     assert read_masks(out).EncodedPixels.tolist().count("") == 6
     assert [p.name for p in tmp_path.iterdir()] != [] and not list(tmp_path.glob(".*tmp"))
 

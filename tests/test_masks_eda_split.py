@@ -22,8 +22,22 @@ from tests.conftest import ROOT
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "raw"
-    assert main(["fetch", "--config", str(ROOT / "config.yaml"), "--out", str(out),
-                 "--set", "data.synthetic.n_train=40", "--set", "data.synthetic.n_test=2"]) == 0
+    assert (
+        main(
+            [
+                "fetch",
+                "--config",
+                str(ROOT / "config.yaml"),
+                "--out",
+                str(out),
+                "--set",
+                "data.synthetic.n_train=40",
+                "--set",
+                "data.synthetic.n_test=2",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -66,8 +80,10 @@ def write_train(raw, tmp_path, rows):
     ("rows", "message"),
     [
         ([(1, "1 5"), (3, "10 x")], r"train.csv, line 3: malformed RLE at character 3: token 'x'"),
-        ([(1, "100 50"), (4, "120 5")],
-         r"train.csv, line 3: the class 4 mask of \w+.jpg overlaps its class 1 mask \(line 2\)"),
+        (
+            [(1, "100 50"), (4, "120 5")],
+            r"train.csv, line 3: the class 4 mask of \w+.jpg overlaps its class 1 mask \(line 2\)",
+        ),
         ([(2, "1 5"), (2, "9 5")], r"train.csv, line 3: duplicate row for image \w+.jpg class 2"),
     ],
 )
@@ -88,8 +104,11 @@ def test_masks_of_an_unknown_image_are_an_error(raw, tmp_path):
 
 def test_folds_are_stratified_balanced_and_reproducible():
     rng = np.random.default_rng(0)
-    flags = pd.DataFrame(rng.random((500, 4)) < [0.07, 0.02, 0.4, 0.06], columns=[1, 2, 3, 4],
-                         index=[f"{i:04d}.jpg" for i in range(500)]).astype(int)
+    flags = pd.DataFrame(
+        rng.random((500, 4)) < [0.07, 0.02, 0.4, 0.06],
+        columns=[1, 2, 3, 4],
+        index=[f"{i:04d}.jpg" for i in range(500)],
+    ).astype(int)
     folds = assign_folds(flags, 5, seed=1)
     assert folds.ImageId.tolist() == sorted(flags.index)
     sizes = folds.groupby("fold").size()
@@ -103,12 +122,38 @@ def test_folds_are_stratified_balanced_and_reproducible():
 
 def test_split_and_eda_commands(raw, cache_dir, tmp_path, capsys):
     out = tmp_path / "split.csv"
-    assert main(["split", "--config", str(ROOT / "config.yaml"), "--masks", str(cache_dir),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "split",
+                "--config",
+                str(ROOT / "config.yaml"),
+                "--masks",
+                str(cache_dir),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     folds = pd.read_csv(out, keep_default_na=False)
     assert len(folds) == 40 and set(folds.fold) == set(range(5))
-    assert main(["eda", "--config", str(ROOT / "config.yaml"), "--masks", str(cache_dir),
-                 "--raw", str(raw), "--out", str(tmp_path / "eda")]) == 0
+    assert (
+        main(
+            [
+                "eda",
+                "--config",
+                str(ROOT / "config.yaml"),
+                "--masks",
+                str(cache_dir),
+                "--raw",
+                str(raw),
+                "--out",
+                str(tmp_path / "eda"),
+            ]
+        )
+        == 0
+    )
     stats = json.loads((tmp_path / "eda" / "stats.json").read_text())
     table = read_masks(raw / "train.csv")
     assert stats["images"] == 40 and stats["masks"] == len(table)
@@ -118,9 +163,24 @@ def test_split_and_eda_commands(raw, cache_dir, tmp_path, capsys):
 
 
 def test_a_bad_val_fold_is_a_config_error(cache_dir, tmp_path, capsys):
-    code = main(["split", "--config", str(ROOT / "config.yaml"), "--masks", str(cache_dir),
-                 "--out", str(tmp_path / "s.csv"), "--set", "split.val_fold=5"])
-    assert code == 1 and "split.val_fold: expected a fold below split.folds (5), got 5" in capsys.readouterr().err
+    code = main(
+        [
+            "split",
+            "--config",
+            str(ROOT / "config.yaml"),
+            "--masks",
+            str(cache_dir),
+            "--out",
+            str(tmp_path / "s.csv"),
+            "--set",
+            "split.val_fold=5",
+        ]
+    )
+    assert (
+        code == 1
+        and "split.val_fold: expected a fold below split.folds (5), got 5"
+        in capsys.readouterr().err
+    )
 
 
 def test_real_data_through_local_masks_and_eda(real_kaggle_folder, real_data, tmp_path):
@@ -133,5 +193,10 @@ def test_real_data_through_local_masks_and_eda(real_kaggle_folder, real_data, tm
     assert stats["images_per_class"] == {"1": 2, "2": 1, "3": 3, "4": 1}
     cache = MaskCache(tmp_path / "masks")
     first = cache["0002cc93b.jpg"]
-    assert first[0].sum() == rle.decode(read_masks(real_data / "train_subset_newformat.csv").EncodedPixels.iloc[0]).sum()
+    assert (
+        first[0].sum()
+        == rle.decode(
+            read_masks(real_data / "train_subset_newformat.csv").EncodedPixels.iloc[0]
+        ).sum()
+    )
     assert first[1:].sum() == 0

@@ -155,8 +155,11 @@ def test_property_decode_any_valid_runs(height, width, gaps_and_lengths):
 
 def real_rles(folder) -> list[str]:
     texts = []
-    for name in ("train_subset_oldformat.csv", "train_subset_newformat.csv",
-                 "predicted_submission_a.csv"):
+    for name in (
+        "train_subset_oldformat.csv",
+        "train_subset_newformat.csv",
+        "predicted_submission_a.csv",
+    ):
         with (folder / name).open(newline="") as f:
             texts += [row["EncodedPixels"] for row in csv.DictReader(f) if row["EncodedPixels"]]
     return texts

@@ -23,7 +23,9 @@ def run(args, cwd, check=True):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # rules call steelflow
     result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"{' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -39,6 +41,9 @@ def project(tmp_path) -> Path:
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["data"]["synthetic"].update(TINY)
+    config["train"]["threads"] = 1
+    for network in ("classifier", "unet"):
+        config[network].update({"epochs": 1, "batch_size": 4, "scale": 0.25})
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     return tmp_path
 
@@ -66,14 +71,19 @@ def dvc_stages(path: Path) -> dict[str, dict]:
         outs = set()
         for key in ("outs", "metrics", "plots"):
             outs |= {next(iter(o)) if isinstance(o, dict) else o for o in stage.get(key, [])}
-        result[name] = {"cmd": " ".join(stage["cmd"].split()), "deps": set(stage.get("deps", [])),
-                        "outs": outs}
+        result[name] = {
+            "cmd": " ".join(stage["cmd"].split()),
+            "deps": set(stage.get("deps", [])),
+            "outs": outs,
+        }
     return result
 
 
 def test_snakemake_lint_passes():
     result = snakemake("--lint", check=False)
-    assert result.returncode == 0 and "good condition" in result.stdout + result.stderr, result.stderr
+    assert result.returncode == 0 and "good condition" in result.stdout + result.stderr, (
+        result.stderr
+    )
 
 
 def test_snakefile_and_dvc_yaml_describe_the_same_stages():
@@ -99,7 +109,9 @@ def test_drift_is_detected(project):
 def test_the_workflow_runs_in_a_fresh_folder(project):
     snakemake("--cores", "2", cwd=project)
     assert len(list((project / "resources/raw/train_images").glob("*.jpg"))) == TINY["n_train"]
-    assert (project / "logs/fetch.log").is_file() and (project / "logs/benchmarks/fetch.tsv").is_file()
+    assert (project / "logs/fetch.log").is_file() and (
+        project / "logs/benchmarks/fetch.tsv"
+    ).is_file()
     again = snakemake("--cores", "2", "--dry-run", cwd=project)
     assert "Nothing to be done" in again.stdout + again.stderr
     snakemake("--report", "report.html", cwd=project)

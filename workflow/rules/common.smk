@@ -20,6 +20,17 @@ def config_file():
 CONFIG_FILE = config_file()
 
 
+def training_settings(network):
+    """The config a network's training reads; a change reruns the rule."""
+    keys = ("seed", "split", "train", "augment", network)
+    return {key: config[key] for key in keys}
+
+
+def gpus():
+    """GPUs a training job asks the scheduler for: 1 when config asks for CUDA."""
+    return 1 if config["train"]["device"] == "cuda" else 0
+
+
 def all_outputs():
     """The final products of the workflow."""
-    return ["results/eda/stats.json", "results/split.csv"]
+    return ["results/eda/stats.json", "models/classifier.pt", "models/unet.pt"]

@@ -1,4 +1,4 @@
-"""Drawing helpers shared by the figures: class colours and mask outlines on images."""
+"""Figures for the report: class colours, mask outlines on images, training curves."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from steelflow.atomic import atomic_path  # noqa: E402
 
@@ -31,3 +32,21 @@ def save(fig: plt.Figure, path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_history(history: pd.DataFrame, name: str, path) -> None:
+    """Training curves: losses, and the validation metrics, per epoch."""
+    metrics = [c for c in history.columns if c.startswith(("auc", "f1", "dice", "score"))]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for column in ("train_loss", "val_loss"):
+        left.plot(history.epoch, history[column], marker="o", label=column)
+    left.set_xlabel("epoch")
+    left.set_title(f"{name}: loss")
+    left.legend()
+    for column in metrics:
+        right.plot(history.epoch, history[column], marker="o", label=column)
+    right.set_xlabel("epoch")
+    right.set_ylim(0, 1)
+    right.set_title(f"{name}: validation")
+    right.legend(fontsize=8)
+    save(fig, path)

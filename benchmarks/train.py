@@ -1,0 +1,155 @@
+"""Training speed of both networks at the default config: data pipeline vs model step.
+
+For each network, in its own process (so peak memory is its own): images per
+second of the data pipeline alone (loading, decoding, cropping, augmenting),
+of the model step alone (forward, loss, backward, Adam, on a batch already in
+memory), and of real training steps (both), in fp32 and the config's precision;
+and peak resident memory. Writes benchmarks/results/train.json and train.md.
+
+    python benchmarks/train.py [--batches 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from steelflow import synthetic, train
+from steelflow.config import load
+from steelflow.masks import MaskCache, build
+from steelflow.split import assign_folds
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+
+
+def make_data(folder: Path, seed: int) -> None:
+    synthetic.generate(
+        folder / "raw", 240, 1, seed=seed, preset="clear", jpeg_quality=95, workers=2
+    )
+    build(folder / "raw/train.csv", folder / "raw/train_images", folder / "masks")
+    folds = assign_folds(MaskCache(folder / "masks").classes(), 5, seed)
+    folds.to_csv(folder / "split.csv", index=False)
+
+
+def images_per_s(step, batches: int, batch_size: int) -> float:
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(batches):
+        step()
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def measure(name: str, folder: str, batches: int, queue) -> None:
+    folder = Path(folder)
+    config = load(ROOT / "config.yaml")
+    task = train.Task(name, config)
+    cfg = task.cfg
+    torch.manual_seed(0)
+    dataset, _ = task.datasets(
+        folder / "raw/train_images", MaskCache(folder / "masks"), folder / "split.csv", config
+    )
+    loader = DataLoader(
+        dataset, batch_size=cfg["batch_size"], shuffle=True, num_workers=config["train"]["workers"]
+    )
+    batches_iter = iter(loader)
+
+    def next_batch():
+        nonlocal batches_iter
+        try:
+            return next(batches_iter)
+        except StopIteration:
+            batches_iter = iter(loader)
+            return next(batches_iter)
+
+    row = {"input": None, "batch_size": cfg["batch_size"]}
+    row["data_images_per_s"] = images_per_s(next_batch, batches, cfg["batch_size"])
+    x, m, flags = next_batch()
+    row["input"] = "x".join(map(str, x.shape[-2:]))
+    device = torch.device("cpu")
+    memory = torch.channels_last if config["train"]["channels_last"] else torch.contiguous_format
+    for label, precision in (("fp32", "fp32"), ("config", config["train"]["precision"])):
+        dtype = train.pick_precision(precision, device)
+        model = task.model().to(memory_format=memory)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+        batch = x.contiguous(memory_format=memory), task.target(m, flags)
+
+        def model_step(batch=batch, model=model, optimizer=optimizer, dtype=dtype):
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = model(batch[0])
+            loss = train.loss_fn(logits, batch[1], cfg)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        def full_step(model_step=model_step):
+            xb, mb, fb = next_batch()
+            model_step((xb.contiguous(memory_format=memory), task.target(mb, fb)))
+
+        name_dtype = str(dtype).replace("torch.", "") if dtype else "fp32"
+        row[f"model_images_per_s_{label}"] = images_per_s(model_step, batches, cfg["batch_size"])
+        row[f"train_images_per_s_{label}"] = images_per_s(full_step, batches, cfg["batch_size"])
+        row[f"dtype_{label}"] = name_dtype
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put((name, row))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=12)
+    args = parser.parse_args()
+    results = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "networks": {},
+    }
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as folder:
+        make_data(Path(folder), seed=0)
+        for name in ("classifier", "unet"):
+            queue = ctx.Queue()
+            process = ctx.Process(target=measure, args=(name, folder, args.batches, queue))
+            process.start()
+            network, row = queue.get()
+            process.join()
+            row["data_to_model_ratio"] = row["data_images_per_s"] / row["model_images_per_s_config"]
+            results["networks"][network] = row
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "train.json").write_text(json.dumps(results, indent=2) + "\n")
+    md = markdown(results)
+    (RESULTS / "train.md").write_text(md)
+    print(md)
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        f"Training speed, images/s at the default config ({results['machine']}, "
+        f"torch {results['torch']}), one run per network:",
+        "",
+        "| network | input | batch | data pipeline | model step fp32 | model step, "
+        "config precision | training fp32 | training, config precision | data / model | "
+        "peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["networks"].items():
+        lines.append(
+            f"| {name} | {r['input']} | {r['batch_size']} | {r['data_images_per_s']:.0f} | "
+            f"{r['model_images_per_s_fp32']:.1f} | {r['model_images_per_s_config']:.1f} "
+            f"({r['dtype_config']}) | {r['train_images_per_s_fp32']:.1f} | "
+            f"{r['train_images_per_s_config']:.1f} | {r['data_to_model_ratio']:.1f}x | "
+            f"{r['peak_rss_mb']:.0f} MB |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Datasets for training: train images, cached masks and folds, with augmentation.
+
+Images are read gray and, at ``scale`` 1/2 or 1/4, decoded straight at that size
+by libjpeg. Random choices depend only on (seed, epoch, index), so an epoch is
+the same with any number of loader workers, and after a resume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from steelflow.masks import MaskCache
+
+_REDUCED = {
+    1.0: cv2.IMREAD_GRAYSCALE,
+    0.5: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    0.25: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+}
+MEAN, STD = 0.4, 0.2  # gray levels / 255 of steel, roughly; inputs are (x - MEAN) / STD
+
+
+def read_gray(path: Path, scale: float) -> np.ndarray:
+    """Read a JPEG as uint8 gray at ``scale`` (1, 0.5 or 0.25) of its size."""
+    image = cv2.imread(str(path), _REDUCED[scale])
+    if image is None:
+        raise ValueError(f"{path}: not a readable image")
+    return image
+
+
+def to_tensor(gray: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W) to a normalised float (1, H, W) tensor."""
+    return torch.from_numpy((gray.astype(np.float32) / 255 - MEAN) / STD)[None]
+
+
+def split_ids(split_csv: Path, val_fold: int) -> tuple[list[str], list[str]]:
+    """(train ImageIds, validation ImageIds) of ``split.csv``."""
+    folds = pd.read_csv(split_csv, keep_default_na=False)
+    val = folds.fold == val_fold
+    return folds.ImageId[~val].tolist(), folds.ImageId[val].tolist()
+
+
+class SteelDataset(Dataset):
+    """Train or validation samples: (image, masks (4, h, w), flags (4,)).
+
+    ``crop_width`` (pixels at ``scale``) takes a random crop of that width in
+    training, centred on a defect pixel with probability ``defect_crop_prob``;
+    None keeps the full width. ``augment`` holds hflip, vflip (bools) and
+    brightness, contrast (jitter ranges); None turns augmentation off.
+    """
+
+    def __init__(
+        self,
+        images_dir: Path,
+        cache: MaskCache,
+        image_ids: list[str],
+        *,
+        scale: float,
+        crop_width: int | None = None,
+        defect_crop_prob: float = 0.0,
+        augment: dict | None = None,
+        seed: int = 0,
+    ):
+        self.images_dir = Path(images_dir)
+        self.cache = cache
+        self.image_ids = image_ids
+        self.scale = scale
+        self.crop_width = crop_width
+        self.defect_crop_prob = defect_crop_prob
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        flags = cache.classes().loc[image_ids]
+        self.flags = torch.tensor(flags.to_numpy(), dtype=torch.float32)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def _masks(self, image_id: str, size: tuple[int, int]) -> np.ndarray:
+        masks = self.cache[image_id]
+        if masks.shape[1:] == size:
+            return masks
+        stacked = cv2.resize(masks.transpose(1, 2, 0), size[::-1], interpolation=cv2.INTER_NEAREST)
+        return stacked.transpose(2, 0, 1)
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        image_id = self.image_ids[i]
+        gray = read_gray(self.images_dir / image_id, self.scale)
+        masks = self._masks(image_id, gray.shape)
+        if self.crop_width and self.crop_width < gray.shape[1]:
+            x = self._crop_start(rng, masks, gray.shape[1])
+            gray = gray[:, x : x + self.crop_width]
+            masks = masks[:, :, x : x + self.crop_width]
+        if self.augment:
+            gray, masks = self._augmented(rng, gray, masks)
+        return (
+            to_tensor(np.ascontiguousarray(gray)),
+            torch.from_numpy(np.ascontiguousarray(masks)).float(),
+            self.flags[i],
+        )
+
+    def _crop_start(self, rng: np.random.Generator, masks: np.ndarray, width: int) -> int:
+        last = width - self.crop_width
+        present = np.flatnonzero(masks.any(axis=(1, 2)))
+        if present.size and rng.random() < self.defect_crop_prob:
+            # a class first, then one of its columns: small classes get their share
+            columns = np.flatnonzero(masks[rng.choice(present)].any(axis=0))
+            centre = int(rng.choice(columns))
+            return int(np.clip(centre - self.crop_width // 2 + rng.integers(-8, 9), 0, last))
+        return int(rng.integers(0, last + 1))
+
+    def _augmented(self, rng, gray: np.ndarray, masks: np.ndarray):
+        aug = self.augment
+        if aug["hflip"] and rng.random() < 0.5:
+            gray, masks = gray[:, ::-1], masks[:, :, ::-1]
+        if aug["vflip"] and rng.random() < 0.5:
+            gray, masks = gray[::-1], masks[:, ::-1]
+        if aug["brightness"] or aug["contrast"]:
+            gain = 1 + rng.uniform(-aug["contrast"], aug["contrast"])
+            shift = 255 * rng.uniform(-aug["brightness"], aug["brightness"])
+            gray = np.clip(gray.astype(np.float32) * gain + shift, 0, 255).astype(np.uint8)
+        return gray, masks

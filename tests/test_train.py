@@ -1,0 +1,171 @@
+"""The training engine on a tiny real run: checkpoints, resume, errors, weights, DDP."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torchvision import models
+
+from steelflow import train
+from steelflow.cli import main
+from steelflow.config import load
+from steelflow.masks import build
+from steelflow.models import WeightsError, build_classifier, build_unet, resnet
+from tests.conftest import ROOT
+
+TINY = {
+    "train.threads": 1,
+    "classifier.epochs": 2, "classifier.batch_size": 4, "classifier.scale": 0.25,
+    "unet.epochs": 2, "unet.batch_size": 4, "unet.scale": 0.25, "unet.crop_width": 512,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    args = ["--config", str(ROOT / "config.yaml"), "--set", "data.synthetic.n_train=20",
+            "--set", "data.synthetic.n_test=1"]  # fmt: skip
+    assert main(["fetch", *args, "--out", str(root / "raw")]) == 0
+    build(root / "raw/train.csv", root / "raw/train_images", root / "masks")
+    assert (
+        main(["split", *args, "--masks", str(root / "masks"), "--out", str(root / "split.csv")])
+        == 0
+    )
+    return root
+
+
+def tiny_config(**overrides):
+    return load(ROOT / "config.yaml", {**TINY, **overrides})
+
+
+def train_network(data, out, name="unet", resume=False, **overrides):
+    return train.run(name, tiny_config(**overrides), data / "raw/train_images", data / "masks",
+                     data / "split.csv", out / f"{name}.pt", out / f"{name}.csv", resume=resume)  # fmt: skip
+
+
+def test_unet_trains_and_its_checkpoint_loads_for_prediction(data, tmp_path):
+    best = train_network(data, tmp_path)
+    assert set(best) >= {"score", "val_loss", "dice_defect_3"} and 0 <= best["score"] <= 1
+    history = pd.read_csv(tmp_path / "unet.csv")
+    assert history.epoch.tolist() == [1, 2] and np.isfinite(history.train_loss).all()
+    assert (tmp_path / "unet.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "unet.last.pt").exists()  # finished: nothing left to resume
+    state = torch.load(tmp_path / "unet.pt", weights_only=True)
+    assert state["task"] == "unet" and state["epoch"] in (1, 2)
+    model = build_unet(state["config"])
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(1, 1, 64, 400)).shape == (1, 4, 64, 400)
+
+
+def test_classifier_with_four_labels(data, tmp_path):
+    best = train_network(data, tmp_path, "classifier", **{"classifier.head": "multilabel",
+                                                          "classifier.epochs": 1})  # fmt: skip
+    assert {"auc", "f1"} <= set(best)
+    state = torch.load(tmp_path / "classifier.pt", weights_only=True)
+    model = build_classifier(state["config"])
+    model.load_state_dict(state["model"])
+    assert model(torch.zeros(2, 1, 64, 400)).shape == (2, 4)
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(data, tmp_path, monkeypatch):
+    """Killed after epoch 1 of 3, resumed: same weights as a run never interrupted."""
+    settings = {"unet.epochs": 3}
+    train_network(data, tmp_path / "straight", **settings)
+    original = train.validate
+
+    def validate_then_die(*args, **kwargs):
+        if len(validate_then_die.calls) == 1:
+            raise KeyboardInterrupt  # as if killed during epoch 2
+        validate_then_die.calls.append(1)
+        return original(*args, **kwargs)
+
+    validate_then_die.calls = []
+    monkeypatch.setattr(train, "validate", validate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_network(data, tmp_path / "resumed", **settings)
+    last = torch.load(tmp_path / "resumed/unet.last.pt", weights_only=True)
+    assert last["epoch"] == 1 and "optimizer" in last
+    monkeypatch.setattr(train, "validate", original)
+    train_network(data, tmp_path / "resumed", resume=True, **settings)
+    straight = pd.read_csv(tmp_path / "straight/unet.csv")
+    resumed = pd.read_csv(tmp_path / "resumed/unet.csv")
+    assert resumed.epoch.tolist() == [1, 2, 3]
+    np.testing.assert_allclose(resumed.train_loss, straight.train_loss, rtol=1e-4)
+    a = torch.load(tmp_path / "straight/unet.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed/unet.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def test_a_non_finite_loss_stops_training(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "loss_fn", lambda logits, target, cfg: logits.float().sum() * np.nan)
+    with pytest.raises(train.TrainingError, match=r"unet: loss is nan at epoch 1, step 1"):
+        train_network(data, tmp_path)
+    assert not (tmp_path / "unet.pt").exists()
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    return hub
+
+
+def test_pretrained_weights_offline_stop_with_one_line(offline_hub):
+    with pytest.raises(WeightsError) as info:
+        resnet("resnet18", "imagenet", None, fallback_random=False)
+    message = str(info.value)
+    assert (
+        "\n" not in message and "resnet18-f37072fd.pth" in message and "fallback_random" in message
+    )
+
+
+def test_fallback_to_random_weights_is_logged(offline_hub, caplog):
+    with caplog.at_level(logging.WARNING):
+        net = resnet("resnet18", "imagenet", None, fallback_random=True)
+    assert "falling back to random weights" in caplog.text and net.conv1.in_channels == 1
+
+
+def test_pretrained_weights_from_a_file_or_the_hub_cache(offline_hub, tmp_path):
+    reference = models.resnet18(weights=None).state_dict()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference, path)
+    expected = reference["conv1.weight"].sum(dim=1, keepdim=True)
+    from_file = resnet("resnet18", "imagenet", str(path), fallback_random=False)
+    assert torch.equal(from_file.conv1.weight, expected)
+    (offline_hub / "checkpoints").mkdir(parents=True)
+    (offline_hub / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(path.read_bytes())
+    from_cache = resnet("resnet18", "imagenet", None, fallback_random=False)
+    assert torch.equal(from_cache.layer4[0].conv1.weight, reference["layer4.0.conv1.weight"])
+
+
+def test_two_process_ddp_gives_the_same_checkpoint_format(data, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text((ROOT / "config.yaml").read_text())
+    torchrun = Path(sys.executable).parent / "torchrun"
+    steelflow = Path(sys.executable).parent / "steelflow"
+    sets = [
+        arg
+        for key, value in {**TINY, "unet.epochs": 1}.items()
+        for arg in ("--set", f"{key}={value}")
+    ]
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", steelflow, "train", "unet",
+         "--config", config, "--raw", data / "raw", "--masks", data / "masks",
+         "--split", data / "split.csv", "--out", tmp_path / "ddp.pt", "--history", tmp_path / "ddp.csv", *sets],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    single_model = build_unet(ddp["config"]).state_dict()
+    assert set(ddp) >= {"model", "config", "epoch", "metrics", "task"}
+    assert ddp["model"].keys() == single_model.keys()  # no "module." prefix from DDP
+    assert len(pd.read_csv(tmp_path / "ddp.csv")) == 1

@@ -15,6 +15,7 @@ validate(config)
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/predict.smk"
 
 
 rule all:

@@ -17,11 +17,23 @@ def _score(args: argparse.Namespace) -> None:
     from steelflow.metrics import score
 
     pred = read_masks(args.submission)
-    truth = read_masks(args.truth)
     image_ids = read_image_ids(args.images) if args.images else list(dict.fromkeys(pred.ImageId))
-    result = score(truth, pred, image_ids)
+    if Path(args.truth).is_file() or not args.allow_missing_truth:
+        truth = read_masks(args.truth)
+        result = score(truth, pred, image_ids)
+    else:
+        truth = None
+        result = {
+            "dice": None,
+            "note": f"no test truth at {args.truth}: nothing to score",
+            "images": len(image_ids),
+        }
     if args.out:
         write_json(args.out, result)
+    if args.figure:
+        from steelflow.report import plot_predictions
+
+        plot_predictions(args.test_images, truth, pred, args.figure)
     print(json.dumps(result, indent=2))
 
 
@@ -82,6 +94,84 @@ def _train(args: argparse.Namespace) -> None:
     print(json.dumps({"best": best}, indent=2))
 
 
+def _predictor(args: argparse.Namespace, config: dict):
+    from steelflow.predict import Predictor
+
+    return Predictor(
+        Path(args.classifier), Path(args.unet), config["train"], hflip=config["predict"]["hflip"]
+    )
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from steelflow.atomic import write_json
+    from steelflow.dataset import split_ids
+    from steelflow.masks import MaskCache
+    from steelflow.tune import gather, plot_search, search
+
+    config = load(args.config, dict(args.overrides))
+    cfg = config["tune"]
+    _, val_ids = split_ids(Path(args.split), config["split"]["val_fold"])
+    evidence = gather(
+        _predictor(args, config),
+        Path(args.raw) / "train_images",
+        MaskCache(args.masks),
+        val_ids,
+        cfg["pixel_thresholds"],
+        cfg["batch_size"],
+    )
+    result = search(evidence, cfg)
+    write_json(args.out, result)
+    plot_search(evidence, cfg, result, Path(args.out).with_suffix(".png"))
+    print(json.dumps(result, indent=2))
+
+
+def _submit(args: argparse.Namespace) -> None:
+    import pandas as pd
+    from tqdm import tqdm
+
+    from steelflow import rle
+    from steelflow.dataset import read_gray
+    from steelflow.io import read_masks, write_submission
+    from steelflow.predict import Thresholds, check_submission, predict_masks
+
+    config = load(args.config, dict(args.overrides))
+    predictor = _predictor(args, config)
+    thresholds = Thresholds.load(Path(args.thresholds))
+    raw = Path(args.raw)
+    order = read_masks(raw / "sample_submission.csv")
+    image_ids = list(dict.fromkeys(order.ImageId))
+    rows, size = [], config["predict"]["batch_size"]
+    for start in tqdm(range(0, len(image_ids), size), desc="submission", unit="batch"):
+        ids = image_ids[start : start + size]
+        _, masks = predict_masks(
+            predictor, [read_gray(raw / "test_images" / i, 1.0) for i in ids], thresholds
+        )
+        rows += [
+            (i, c, text)
+            for i, m in zip(ids, masks, strict=True)
+            for c, text in enumerate(rle.encode_many(m), 1)
+        ]
+    table = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
+    check_submission(table, image_ids)
+    write_submission(args.out, table, order)
+    print(f"{args.out}: {len(image_ids)} images, {(table.EncodedPixels != '').sum()} masks")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from steelflow.predict import Thresholds, predict_folder
+
+    config = load(args.config, dict(args.overrides))
+    table = predict_folder(
+        _predictor(args, config),
+        Thresholds.load(Path(args.thresholds)),
+        Path(args.images),
+        Path(args.out),
+        config["predict"]["batch_size"],
+    )
+    found = (table.EncodedPixels != "").sum()
+    print(f"{args.out}: {len(table) // 4} images, {found} masks; predictions.csv and overlays")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steelflow", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -127,11 +217,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="go on from the last checkpoint if any")
     p.set_defaults(run=_train)
 
+    models = argparse.ArgumentParser(add_help=False)
+    models.add_argument("--classifier", default="models/classifier.pt", help="stage 1 checkpoint")
+    models.add_argument("--unet", default="models/unet.pt", help="stage 2 checkpoint")
+
+    p = stages.add_parser(
+        "tune",
+        parents=[configured, models],
+        help="thresholds, minimum areas and gate on the validation fold",
+    )
+    p.add_argument("--raw", default="resources/raw", help="Kaggle layout folder (resources/raw)")
+    p.add_argument("--masks", default="results/masks", help="mask cache (results/masks)")
+    p.add_argument("--split", default="results/split.csv", help="folds (results/split.csv)")
+    p.add_argument("--out", default="results/thresholds.json", help="(results/thresholds.json)")
+    p.set_defaults(run=_tune)
+
+    p = stages.add_parser(
+        "submit", parents=[configured, models], help="submission.csv for the test images"
+    )
+    p.add_argument("--raw", default="resources/raw", help="Kaggle layout folder (resources/raw)")
+    p.add_argument("--thresholds", default="results/thresholds.json", help="from steelflow tune")
+    p.add_argument("--out", default="submission.csv", help="(submission.csv)")
+    p.set_defaults(run=_submit)
+
+    p = stages.add_parser(
+        "predict",
+        parents=[configured, models],
+        help="masks and overlays for a folder of your own images",
+    )
+    p.add_argument("images", help="folder of JPEG or PNG steel images")
+    p.add_argument("--out", required=True, help="output folder: predictions.csv + overlay PNGs")
+    p.add_argument("--thresholds", default="results/thresholds.json", help="from steelflow tune")
+    p.set_defaults(run=_predict)
+
     p = stages.add_parser("score", help="competition Dice of a submission against the truth")
     p.add_argument("--submission", required=True, help="predicted masks, either CSV layout")
     p.add_argument("--truth", required=True, help="true masks, either CSV layout")
     p.add_argument("--images", help="ImageIds to score, one per line (default: the submission's)")
     p.add_argument("--out", help="also write the result to this JSON file")
+    p.add_argument(
+        "--allow-missing-truth",
+        action="store_true",
+        help="without the truth file, write dice: null instead of failing",
+    )
+    p.add_argument("--figure", help="also draw predicted vs true masks of a few images (PNG)")
+    p.add_argument(
+        "--test-images",
+        default="resources/raw/test_images",
+        help="folder of the submission's images, for --figure",
+    )
     p.set_defaults(run=_score)
     return parser
 

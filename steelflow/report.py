@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import matplotlib
 
@@ -49,4 +51,48 @@ def plot_history(history: pd.DataFrame, name: str, path) -> None:
     right.set_ylim(0, 1)
     right.set_title(f"{name}: validation")
     right.legend(fontsize=8)
+    save(fig, path)
+
+
+def _masks_of(table: pd.DataFrame, image: str) -> np.ndarray:
+    from steelflow import rle
+
+    masks = np.zeros((4, *rle.SHAPE), np.uint8)
+    rows = table[table.ImageId == image]
+    for cls, text in zip(rows.ClassId, rows.EncodedPixels, strict=True):
+        if text:
+            masks[cls - 1] = rle.decode(text)
+    return masks
+
+
+def plot_predictions(
+    images_dir, truth: pd.DataFrame | None, pred: pd.DataFrame, path, count: int = 6
+):
+    """A few test images: the true masks above the predicted ones, outlined in class colours.
+
+    Images are chosen to show each class the truth has, then clean ones; without
+    truth, the first images with predictions.
+    """
+    source = truth if truth is not None else pred
+    having = source[source.EncodedPixels != ""]
+    chosen = []
+    for cls in (3, 4, 1, 2):
+        chosen += [
+            i for i in sorted(set(having.ImageId[having.ClassId == cls])) if i not in chosen
+        ][:2]
+    clean = sorted(set(pred.ImageId) - set(having.ImageId))
+    chosen = (chosen + clean)[:count]
+    panels = (
+        [("truth", truth), ("prediction", pred)] if truth is not None else [("prediction", pred)]
+    )
+    n = len(chosen) * len(panels)
+    fig, axes = plt.subplots(n, 1, figsize=(16, 1.9 * n), squeeze=False)
+    axes = iter(axes[:, 0])
+    for image in chosen:
+        gray = cv2.imread(str(Path(images_dir) / image), cv2.IMREAD_GRAYSCALE)
+        for label, table in panels:
+            ax = next(axes)
+            ax.imshow(outline(gray, _masks_of(table, image), thickness=2))
+            ax.set_title(f"{image}: {label}", fontsize=10)
+            ax.axis("off")
     save(fig, path)

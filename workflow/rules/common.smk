@@ -33,4 +33,4 @@ def gpus():
 
 def all_outputs():
     """The final products of the workflow."""
-    return ["results/eda/stats.json", "models/classifier.pt", "models/unet.pt"]
+    return ["results/eda/stats.json", "submission.csv", "results/metrics.json"]

@@ -1,0 +1,302 @@
+"""Tuning, the submission, scoring and predict, on tiny trained models and by hand."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from steelflow import rle
+from steelflow.cli import main
+from steelflow.config import load
+from steelflow.io import read_masks
+from steelflow.masks import build
+from steelflow.tune import Evidence, class_dice, search
+from tests.conftest import ROOT
+from tests.test_rle import reference_decode
+
+TINY = [
+    "--set",
+    "train.threads=1",
+    "--set",
+    "classifier.epochs=1",
+    "--set",
+    "unet.epochs=1",
+    "--set",
+    "classifier.batch_size=4",
+    "--set",
+    "unet.batch_size=4",
+    "--set",
+    "classifier.scale=0.25",
+    "--set",
+    "unet.scale=0.25",
+    "--set",
+    "tune.batch_size=4",
+]
+TUNE = load(ROOT / "config.yaml")["tune"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """Tiny data, both networks trained one epoch, thresholds tuned."""
+    root = tmp_path_factory.mktemp("answer")
+    config = ["--config", str(ROOT / "config.yaml"), *TINY]
+    data = ["--set", "data.synthetic.n_train=20", "--set", "data.synthetic.n_test=6"]
+    assert main(["fetch", *config, *data, "--out", str(root / "raw")]) == 0
+    build(root / "raw/train.csv", root / "raw/train_images", root / "masks")
+    assert (
+        main(["split", *config, "--masks", str(root / "masks"), "--out", str(root / "split.csv")])
+        == 0
+    )
+    for network in ("classifier", "unet"):
+        assert (
+            main(
+                [
+                    "train",
+                    network,
+                    *config,
+                    "--raw",
+                    str(root / "raw"),
+                    "--masks",
+                    str(root / "masks"),
+                    "--split",
+                    str(root / "split.csv"),
+                    "--out",
+                    str(root / f"{network}.pt"),
+                    "--history",
+                    str(root / f"{network}.csv"),
+                ]
+            )
+            == 0
+        )
+    assert (
+        main(
+            [
+                "tune",
+                *config,
+                "--raw",
+                str(root / "raw"),
+                "--masks",
+                str(root / "masks"),
+                "--split",
+                str(root / "split.csv"),
+                "--classifier",
+                str(root / "classifier.pt"),
+                "--unet",
+                str(root / "unet.pt"),
+                "--out",
+                str(root / "thresholds.json"),
+            ]
+        )
+        == 0
+    )
+    return root
+
+
+def models_args(root: Path) -> list[str]:
+    return [
+        "--config",
+        str(ROOT / "config.yaml"),
+        *TINY,
+        "--classifier",
+        str(root / "classifier.pt"),
+        "--unet",
+        str(root / "unet.pt"),
+        "--thresholds",
+        str(root / "thresholds.json"),
+    ]
+
+
+def test_tune_writes_settings_for_every_class_and_a_figure(project):
+    result = json.loads((project / "thresholds.json").read_text())
+    assert set(result["classes"]) == {"1", "2", "3", "4"}
+    assert 0 <= result["classifier_gate"] <= 1 and result["val_images"] == 4
+    for setting in result["classes"].values():
+        assert (
+            setting["threshold"] in TUNE["pixel_thresholds"]
+            and setting["min_area"] in TUNE["min_areas"]
+        )
+        assert (
+            setting["support"] < TUNE["min_support"] and not setting["enabled"]
+        )  # too few to trust
+    assert result["val_dice"] == pytest.approx(result["val_dice_empty"])
+    assert (project / "thresholds.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def evidence(n=60, seed=0) -> Evidence:
+    """Class 3 predicted well on the images that have it; class 1 predicted as noise."""
+    rng = np.random.default_rng(seed)
+    grid = TUNE["pixel_thresholds"]
+    truth = np.zeros((n, 4), int)
+    truth[: n // 2, 2] = 5000  # half the images have a class 3 defect
+    truth[:3, 0] = 800  # three have class 1: too few to trust
+    area = np.zeros((n, 4, len(grid)), int)
+    overlap = np.zeros_like(area)
+    for t, threshold in enumerate(grid):  # class 3: a good mask whose size falls with the threshold
+        size = int(10000 * (1 - threshold))
+        area[: n // 2, 2, t] = size
+        overlap[: n // 2, 2, t] = min(size, 5000)
+    area[n // 2 :, 2, :] = 300  # small false positives on clean images
+    area[:, 0, :] = rng.integers(0, 2000, (n, len(grid)))  # class 1: noise
+    defect_prob = np.where(truth.any(axis=1), 0.9, 0.2)
+    return Evidence(defect_prob, area, overlap, truth)
+
+
+def test_class_dice_matches_a_direct_computation():
+    ev = evidence()
+    gates, areas = TUNE["gates"], TUNE["min_areas"]
+    table = class_dice(ev, 2, gates, areas)
+    for g, a, t in [(0, 0, 6), (3, 4, 2), (9, 10, 12), (1, 2, 0)]:
+        scores = []
+        for i in range(len(ev.defect_prob)):
+            kept = ev.defect_prob[i] >= gates[g] and ev.area[i, 2, t] >= areas[a]
+            p, o, x = (
+                (ev.area[i, 2, t], ev.overlap[i, 2, t], ev.truth[i, 2])
+                if kept
+                else (0, 0, ev.truth[i, 2])
+            )
+            scores.append(1.0 if p + x == 0 else 2 * o / (p + x))
+        assert table[g, t, a] == pytest.approx(np.mean(scores))
+
+
+def test_search_switches_on_what_works_and_off_what_does_not():
+    result = search(evidence(), TUNE)
+    three, one = result["classes"]["3"], result["classes"]["1"]
+    assert three["enabled"] and three["val_dice"] > three["val_dice_empty"] + 0.3
+    assert three["threshold"] == 0.5  # where the predicted size matches the truth
+    assert not one["enabled"] and one["support"] == 3 and one["val_dice"] == one["val_dice_empty"]
+    assert not result["classes"]["2"]["enabled"]
+    # the false positives (300 px on clean images) are removed by the gate or a minimum area
+    assert result["classifier_gate"] > 0.2 or three["min_area"] > 300
+    assert result["val_dice"] > result["val_dice_empty"]
+
+
+def test_ties_go_to_the_simplest_setting():
+    ev = evidence()
+    ev.area[:, 2, :] = ev.area[:, 2, 6:7]  # every threshold gives the same masks
+    ev.overlap[:, 2, :] = ev.overlap[:, 2, 6:7]
+    ev.area[ev.truth[:, 2] == 0, 2, :] = 0  # and no false positives: no gate, no area needed
+    three = search(ev, TUNE)["classes"]["3"]
+    assert (three["threshold"], three["min_area"]) == (0.5, 0)
+    assert search(ev, TUNE)["classifier_gate"] == 0.0
+
+
+def test_submission_layout_and_score(project, tmp_path, capsys):
+    out = tmp_path / "submission.csv"
+    assert (
+        main(["submit", *models_args(project), "--raw", str(project / "raw"), "--out", str(out)])
+        == 0
+    )
+    sample = pd.read_csv(project / "raw/sample_submission.csv")
+    submission = pd.read_csv(out, keep_default_na=False)
+    assert submission.ImageId_ClassId.tolist() == sample.ImageId_ClassId.tolist()
+    for text in submission.EncodedPixels:
+        assert text == "" or rle.encode(rle.decode(text)) == text
+    metrics = tmp_path / "metrics.json"
+    figure = tmp_path / "predictions.png"
+    assert (
+        main(
+            [
+                "score",
+                "--submission",
+                str(out),
+                "--truth",
+                str(project / "raw/test_truth.csv"),
+                "--test-images",
+                str(project / "raw/test_images"),
+                "--out",
+                str(metrics),
+                "--figure",
+                str(figure),
+            ]
+        )
+        == 0
+    )
+    result = json.loads(metrics.read_text())
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+    # an independent implementation of the metric gives the same dice
+    truth = read_masks(project / "raw/test_truth.csv")
+    pred = read_masks(out)
+
+    def mask(table, image, cls):
+        rows = table[(table.ImageId == image) & (table.ClassId == cls)].EncodedPixels
+        return reference_decode(rows.iloc[0] if len(rows) else "", rle.SHAPE).astype(bool)
+
+    scores = []
+    for image in dict.fromkeys(pred.ImageId):
+        for cls in range(1, 5):
+            t, p = mask(truth, image, cls), mask(pred, image, cls)
+            scores.append(
+                1.0 if t.sum() + p.sum() == 0 else 2 * (t & p).sum() / (t.sum() + p.sum())
+            )
+    assert result["dice"] == pytest.approx(np.mean(scores))
+    assert result["empty_baseline"] <= 1 and result["images"] == 6
+
+
+def test_score_without_truth_says_so(project, tmp_path):
+    sub = tmp_path / "sub.csv"
+    shutil.copy(project / "raw/sample_submission.csv", sub)
+    assert (
+        main(
+            [
+                "score",
+                "--submission",
+                str(sub),
+                "--truth",
+                str(tmp_path / "none.csv"),
+                "--allow-missing-truth",
+                "--out",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "m.json").read_text())["dice"] is None
+    assert main(["score", "--submission", str(sub), "--truth", str(tmp_path / "none.csv")]) == 1
+
+
+def test_predict_on_a_folder_of_user_images(project, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    tests = sorted((project / "raw/test_images").glob("*.jpg"))
+    shutil.copy(tests[0], folder / "a.jpg")
+    gray = cv2.imread(str(tests[1]), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(folder / "b.png"), gray)
+    cv2.imwrite(str(folder / "small.png"), cv2.resize(gray, (800, 128)))
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "--out", str(out), *models_args(project)]) == 0
+    table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert table.ImageId_ClassId.tolist() == [
+        f"{n}_{c}" for n in ("a.jpg", "b.png", "small.png") for c in range(1, 5)
+    ]
+    for key, text in zip(table.ImageId_ClassId, table.EncodedPixels, strict=True):
+        shape = (128, 800) if key.startswith("small") else (256, 1600)
+        rle.decode(text, shape)  # the RLE fits the image's own size
+    for name in ("a", "b", "small"):
+        overlay = cv2.imread(str(out / f"{name}.png"))
+        assert overlay.shape[:2] == ((128, 800) if name == "small" else (256, 1600))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({}, "holds no images"),
+        ({"notes.txt": b"hello"}, r"notes.txt: not a JPEG or PNG image"),
+        ({"broken.jpg": b"\xff\xd8\xff\xe0garbage"}, r"broken.jpg: cannot be read as an image"),
+    ],
+)
+def test_predict_refuses_bad_folders_clearly(project, tmp_path, capsys, content, message):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for name, data in content.items():
+        (folder / name).write_bytes(data)
+    assert (
+        main(["predict", str(folder), "--out", str(tmp_path / "out"), *models_args(project)]) == 1
+    )
+    assert message.split(r"\.")[0].replace("\\", "") in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,74 @@
+"""Answer: tune the post-processing, write the submission, score it."""
+
+
+rule tune:
+    input:
+        raw="resources/raw",
+        masks="results/masks",
+        split="results/split.csv",
+        classifier="models/classifier.pt",
+        unet="models/unet.pt",
+    output:
+        thresholds="results/thresholds.json",
+        figure=report("results/thresholds.png", caption="../report/tune.rst", category="Tuning"),
+    params:
+        config_file=CONFIG_FILE,
+        settings={key: config[key] for key in ("split", "train", "tune", "predict")},
+    log:
+        "logs/tune.log",
+    benchmark:
+        "logs/benchmarks/tune.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=gpus(),
+    conda:
+        "../envs/steelflow.yaml"
+    shell:
+        "steelflow tune --config {params.config_file} --raw {input.raw} --masks {input.masks} "
+        "--split {input.split} --classifier {input.classifier} --unet {input.unet} "
+        "--out {output.thresholds} > {log} 2>&1"
+
+
+rule submit:
+    input:
+        raw="resources/raw",
+        classifier="models/classifier.pt",
+        unet="models/unet.pt",
+        thresholds="results/thresholds.json",
+    output:
+        "submission.csv",
+    params:
+        config_file=CONFIG_FILE,
+        settings={key: config[key] for key in ("train", "predict")},
+    log:
+        "logs/submit.log",
+    benchmark:
+        "logs/benchmarks/submit.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=gpus(),
+    conda:
+        "../envs/steelflow.yaml"
+    shell:
+        "steelflow submit --config {params.config_file} --raw {input.raw} "
+        "--classifier {input.classifier} --unet {input.unet} --thresholds {input.thresholds} "
+        "--out {output} > {log} 2>&1"
+
+
+rule score:
+    input:
+        submission="submission.csv",
+        raw="resources/raw",
+    output:
+        metrics="results/metrics.json",
+        figure=report("results/predictions.png", caption="../report/predictions.rst", category="Results"),
+    log:
+        "logs/score.log",
+    benchmark:
+        "logs/benchmarks/score.tsv"
+    conda:
+        "../envs/steelflow.yaml"
+    shell:
+        "steelflow score --submission {input.submission} --truth resources/raw/test_truth.csv "
+        "--allow-missing-truth --test-images resources/raw/test_images --out {output.metrics} "
+        "--figure {output.figure} > {log} 2>&1"

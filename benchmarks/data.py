@@ -10,19 +10,17 @@ image's four masks. Writes benchmarks/results/data.json and data.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+from common import write_results
 
 from steelflow import synthetic
 from steelflow.io import read_masks
 from steelflow.masks import MaskCache, build
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def folder_bytes(folder: Path) -> int:
@@ -76,11 +74,7 @@ def main() -> None:
         "cache_bytes": folder_bytes(args.workdir / "masks"),
         "read_four_masks": reads,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "data.json").write_text(json.dumps(results, indent=2) + "\n")
-    md = markdown(results)
-    (RESULTS / "data.md").write_text(md)
-    print(md)
+    write_results("data", results, markdown(results))
     shutil.rmtree(args.workdir)
 
 

@@ -12,12 +12,12 @@ run (`make run` first). Writes benchmarks/results/predict.json and predict.md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
+from common import write_results
 
 from steelflow import rle
 from steelflow.config import load
@@ -25,7 +25,6 @@ from steelflow.dataset import read_gray
 from steelflow.predict import Predictor, Thresholds, predict_masks
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results"
 
 
 def measure(precision: str, paths: list[Path], config: dict, batch: int) -> dict:
@@ -102,11 +101,7 @@ def main() -> None:
         results["runs"][precision] = measure(
             precision, paths, config, config["predict"]["batch_size"]
         )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "predict.json").write_text(json.dumps(results, indent=2) + "\n")
-    md = markdown(results)
-    (RESULTS / "predict.md").write_text(md)
-    print(md)
+    write_results("predict", results, markdown(results))
 
 
 def markdown(results: dict) -> str:

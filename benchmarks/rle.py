@@ -9,18 +9,16 @@ Writes benchmarks/results/rle.json and rle.md.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
+from common import write_results
 
 from steelflow import rle
 
 H, W = rle.SHAPE
-RESULTS = Path(__file__).parent / "results"
 
 
 def kaggle_decode(text: str, shape=(H, W)) -> np.ndarray:
@@ -119,10 +117,7 @@ def main() -> None:
                 op, codec = name.split()
                 row.setdefault(f"{op}_us", {})[codec] = us
             results[cache][f"{coverage:.0%}"] = row
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "rle.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "rle.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results("rle", results, markdown(results))
 
 
 def markdown(results: dict) -> str:

@@ -12,7 +12,6 @@ and peak resident memory. Writes benchmarks/results/train.json and train.md.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import platform
 import resource
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import write_results
 from torch.utils.data import DataLoader
 
 from steelflow import synthetic, train
@@ -29,7 +29,6 @@ from steelflow.masks import MaskCache, build
 from steelflow.split import assign_folds
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results"
 
 
 def make_data(folder: Path, seed: int) -> None:
@@ -123,11 +122,7 @@ def main() -> None:
             process.join()
             row["data_to_model_ratio"] = row["data_images_per_s"] / row["model_images_per_s_config"]
             results["networks"][network] = row
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train.json").write_text(json.dumps(results, indent=2) + "\n")
-    md = markdown(results)
-    (RESULTS / "train.md").write_text(md)
-    print(md)
+    write_results("train", results, markdown(results))
 
 
 def markdown(results: dict) -> str:

@@ -42,3 +42,13 @@ def real_kaggle_folder(real_data, tmp_path) -> Path:
         "ImageId_ClassId,EncodedPixels\n" + "\n".join(rows) + "\n"
     )
     return folder
+
+
+def fetch_synthetic(out: Path, n_train: int, n_test: int) -> Path:
+    """A small synthetic data set in the Kaggle layout, made by `steelflow fetch`."""
+    from steelflow.cli import main
+
+    sizes = [f"data.synthetic.n_train={n_train}", f"data.synthetic.n_test={n_test}"]
+    args = ["fetch", "--config", str(ROOT / "config.yaml"), "--out", str(out)]
+    assert main(args + [arg for size in sizes for arg in ("--set", size)]) == 0
+    return out

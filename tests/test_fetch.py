@@ -18,7 +18,7 @@ from steelflow.cli import main
 from steelflow.config import load
 from steelflow.io import read_masks
 from steelflow.sources import SourceError, fetch
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fetch_synthetic
 
 
 def data_config(**synthetic):
@@ -42,23 +42,7 @@ def leftovers(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def synthetic_raw(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "raw"
-    assert (
-        main(
-            [
-                "fetch",
-                "--config",
-                str(ROOT / "config.yaml"),
-                "--out",
-                str(out),
-                "--set",
-                "data.synthetic.n_train=12",
-                "--set",
-                "data.synthetic.n_test=4",
-            ]
-        )
-        == 0
-    )
-    return out
+    return fetch_synthetic(out, 12, 4)
 
 
 def test_synthetic_source_writes_the_kaggle_layout(synthetic_raw):

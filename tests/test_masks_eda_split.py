@@ -16,29 +16,13 @@ from steelflow.io import read_masks
 from steelflow.masks import MaskCache, MaskError, build
 from steelflow.sources import fetch
 from steelflow.split import assign_folds
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fetch_synthetic
 
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "raw"
-    assert (
-        main(
-            [
-                "fetch",
-                "--config",
-                str(ROOT / "config.yaml"),
-                "--out",
-                str(out),
-                "--set",
-                "data.synthetic.n_train=40",
-                "--set",
-                "data.synthetic.n_test=2",
-            ]
-        )
-        == 0
-    )
-    return out
+    return fetch_synthetic(out, 40, 2)
 
 
 @pytest.fixture(scope="module")

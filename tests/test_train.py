@@ -19,21 +19,25 @@ from steelflow.cli import main
 from steelflow.config import load
 from steelflow.masks import build
 from steelflow.models import WeightsError, build_classifier, build_unet, resnet
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fetch_synthetic
 
 TINY = {
     "train.threads": 1,
-    "classifier.epochs": 2, "classifier.batch_size": 4, "classifier.scale": 0.25,
-    "unet.epochs": 2, "unet.batch_size": 4, "unet.scale": 0.25, "unet.crop_width": 512,
-}  # fmt: skip
+    "classifier.epochs": 2,
+    "classifier.batch_size": 4,
+    "classifier.scale": 0.25,
+    "unet.epochs": 2,
+    "unet.batch_size": 4,
+    "unet.scale": 0.25,
+    "unet.crop_width": 512,
+}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train")
-    args = ["--config", str(ROOT / "config.yaml"), "--set", "data.synthetic.n_train=20",
-            "--set", "data.synthetic.n_test=1"]  # fmt: skip
-    assert main(["fetch", *args, "--out", str(root / "raw")]) == 0
+    args = ["--config", str(ROOT / "config.yaml")]
+    fetch_synthetic(root / "raw", 20, 1)
     build(root / "raw/train.csv", root / "raw/train_images", root / "masks")
     assert (
         main(["split", *args, "--masks", str(root / "masks"), "--out", str(root / "split.csv")])
@@ -47,8 +51,16 @@ def tiny_config(**overrides):
 
 
 def train_network(data, out, name="unet", resume=False, **overrides):
-    return train.run(name, tiny_config(**overrides), data / "raw/train_images", data / "masks",
-                     data / "split.csv", out / f"{name}.pt", out / f"{name}.csv", resume=resume)  # fmt: skip
+    return train.run(
+        name,
+        tiny_config(**overrides),
+        data / "raw/train_images",
+        data / "masks",
+        data / "split.csv",
+        out / f"{name}.pt",
+        out / f"{name}.csv",
+        resume=resume,
+    )
 
 
 def test_unet_trains_and_its_checkpoint_loads_for_prediction(data, tmp_path):
@@ -67,8 +79,9 @@ def test_unet_trains_and_its_checkpoint_loads_for_prediction(data, tmp_path):
 
 
 def test_classifier_with_four_labels(data, tmp_path):
-    best = train_network(data, tmp_path, "classifier", **{"classifier.head": "multilabel",
-                                                          "classifier.epochs": 1})  # fmt: skip
+    best = train_network(
+        data, tmp_path, "classifier", **{"classifier.head": "multilabel", "classifier.epochs": 1}
+    )
     assert {"auc", "f1"} <= set(best)
     state = torch.load(tmp_path / "classifier.pt", weights_only=True)
     model = build_classifier(state["config"])
@@ -158,11 +171,32 @@ def test_two_process_ddp_gives_the_same_checkpoint_format(data, tmp_path):
         for arg in ("--set", f"{key}={value}")
     ]
     result = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node=2", steelflow, "train", "unet",
-         "--config", config, "--raw", data / "raw", "--masks", data / "masks",
-         "--split", data / "split.csv", "--out", tmp_path / "ddp.pt", "--history", tmp_path / "ddp.csv", *sets],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            steelflow,
+            "train",
+            "unet",
+            "--config",
+            config,
+            "--raw",
+            data / "raw",
+            "--masks",
+            data / "masks",
+            "--split",
+            data / "split.csv",
+            "--out",
+            tmp_path / "ddp.pt",
+            "--history",
+            tmp_path / "ddp.csv",
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     single_model = build_unet(ddp["config"]).state_dict()

@@ -17,7 +17,7 @@ from steelflow.config import load
 from steelflow.io import read_masks
 from steelflow.masks import build
 from steelflow.tune import Evidence, class_dice, search
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fetch_synthetic
 from tests.test_rle import reference_decode
 
 TINY = [
@@ -46,8 +46,7 @@ def project(tmp_path_factory) -> Path:
     """Tiny data, both networks trained one epoch, thresholds tuned."""
     root = tmp_path_factory.mktemp("answer")
     config = ["--config", str(ROOT / "config.yaml"), *TINY]
-    data = ["--set", "data.synthetic.n_train=20", "--set", "data.synthetic.n_test=6"]
-    assert main(["fetch", *config, *data, "--out", str(root / "raw")]) == 0
+    fetch_synthetic(root / "raw", 20, 6)
     build(root / "raw/train.csv", root / "raw/train_images", root / "masks")
     assert (
         main(["split", *config, "--masks", str(root / "masks"), "--out", str(root / "split.csv")])

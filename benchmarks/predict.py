@@ -36,11 +36,13 @@ def measure(precision: str, paths: list[Path], config: dict, batch: int) -> dict
     def end_to_end() -> int:
         masks = 0
         for group in batches:
-            _, predicted = predict_masks(predictor, [read_gray(p, 1.0) for p in group], thresholds)
+            _, predicted = predict_masks(
+                predictor, [read_gray(p, predictor.read_scale) for p in group], thresholds
+            )
             masks += sum(bool(text) for m in predicted for text in rle.encode_many(m))
         return masks
 
-    grays = [[read_gray(p, 1.0) for p in group] for group in batches]
+    grays = [[read_gray(p, predictor.read_scale) for p in group] for group in batches]
     passed = [
         [
             g

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_data(folder: Path, seed: int) -> None:
+    (folder / "raw").mkdir()
     synthetic.generate(
         folder / "raw", 240, 1, seed=seed, preset="clear", jpeg_quality=95, workers=2
     )

@@ -144,7 +144,9 @@ def _submit(args: argparse.Namespace) -> None:
     for start in tqdm(range(0, len(image_ids), size), desc="submission", unit="batch"):
         ids = image_ids[start : start + size]
         _, masks = predict_masks(
-            predictor, [read_gray(raw / "test_images" / i, 1.0) for i in ids], thresholds
+            predictor,
+            [read_gray(raw / "test_images" / i, predictor.read_scale) for i in ids],
+            thresholds,
         )
         rows += [
             (i, c, text)

@@ -84,18 +84,16 @@ class SteelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def _masks(self, image_id: str, size: tuple[int, int]) -> np.ndarray:
-        masks = self.cache[image_id]
-        if masks.shape[1:] == size:
-            return masks
-        stacked = cv2.resize(masks.transpose(1, 2, 0), size[::-1], interpolation=cv2.INTER_NEAREST)
-        return stacked.transpose(2, 0, 1)
+    def _masks(self, image_id: str) -> np.ndarray:
+        """The image's (4, h, w) masks at ``scale``: every 2nd or 4th pixel (nearest)."""
+        step = round(1 / self.scale)
+        return self.cache[image_id][:, ::step, ::step]
 
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         image_id = self.image_ids[i]
         gray = read_gray(self.images_dir / image_id, self.scale)
-        masks = self._masks(image_id, gray.shape)
+        masks = self._masks(image_id)
         if self.crop_width and self.crop_width < gray.shape[1]:
             x = self._crop_start(rng, masks, gray.shape[1])
             gray = gray[:, x : x + self.crop_width]

@@ -57,15 +57,16 @@ class Thresholds:
         )
 
 
-def postprocess(prob: np.ndarray, th: Thresholds) -> np.ndarray:
-    """(4, H, W) probabilities of an image past the gate to (4, H, W) uint8 masks."""
-    masks = np.zeros(prob.shape, np.uint8)
-    for k in range(4):
-        if th.enabled[k]:
-            mask = prob[k] > th.pixel[k]
-            if mask.sum() >= th.min_area[k]:
-                masks[k] = mask
-    return masks
+def postprocess(prob: torch.Tensor, th: Thresholds) -> np.ndarray:
+    """(N, 4, H, W) probabilities of images past the gate to (N, 4, H, W) uint8 masks.
+
+    Per class: pixels above its threshold, kept if the class is on and the mask
+    has at least its minimum area.
+    """
+    above = prob > torch.tensor(th.pixel, dtype=prob.dtype).view(1, 4, 1, 1)
+    area = above.view(torch.uint8).flatten(2).sum(-1, dtype=torch.int32)  # 2x a bool sum
+    keep = torch.tensor(th.enabled) & (area >= torch.tensor(th.min_area))
+    return (above & keep[:, :, None, None]).to(torch.uint8).numpy()
 
 
 class Predictor:
@@ -81,10 +82,18 @@ class Predictor:
         self.unet.to(memory_format=self.memory)
         self.hflip = hflip
 
+    @property
+    def read_scale(self) -> float:
+        """The smallest scale images can be read at and still feed both networks."""
+        return max(self.classifier_cfg["scale"], self.unet_cfg["scale"])
+
     def _input(self, grays: list[np.ndarray], scale: float) -> torch.Tensor:
         size = (round(W * scale), round(H * scale))
         batch = np.stack(
-            [cv2.resize(g, size, interpolation=cv2.INTER_AREA) if scale != 1 else g for g in grays]
+            [
+                g if g.shape[::-1] == size else cv2.resize(g, size, interpolation=cv2.INTER_AREA)
+                for g in grays
+            ]
         )
         x = (torch.from_numpy(batch).float()[:, None] / 255 - MEAN) / STD
         return x.to(self.device).contiguous(memory_format=self.memory)
@@ -102,21 +111,22 @@ class Predictor:
         return torch.sigmoid(logits).amax(dim=1).cpu().numpy()
 
     @torch.no_grad()
-    def mask_prob(self, grays: list[np.ndarray]) -> np.ndarray:
-        """U-Net probabilities at full size, (N, 4, H, W) float16; hflip-averaged if asked."""
+    def mask_prob(self, grays: list[np.ndarray]) -> torch.Tensor:
+        """U-Net probabilities at full size, (N, 4, H, W) on the CPU; hflip-averaged if asked."""
         x = self._input(grays, self.unet_cfg["scale"])
         prob = torch.sigmoid(self._run(self.unet, x))
         if self.hflip:
             prob = (prob + torch.sigmoid(self._run(self.unet, x.flip(-1))).flip(-1)) / 2
         if prob.shape[-2:] != (H, W):
             prob = F.interpolate(prob, size=(H, W), mode="bilinear", align_corners=False)
-        return prob.half().cpu().numpy()
+        return prob.cpu()
 
 
 def predict_masks(
     predictor: Predictor, grays: list[np.ndarray], th: Thresholds
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Defect probabilities and post-processed (4, H, W) masks of full-size gray images.
+    """Defect probabilities and post-processed (4, H, W) masks of gray images, given at
+    full size or at a scale the networks take (``predictor.read_scale``).
 
     The U-Net runs only on the images the classifier lets through.
     """
@@ -124,9 +134,9 @@ def predict_masks(
     passed = [i for i, p in enumerate(defect) if p >= th.gate]
     masks = [np.zeros((4, H, W), np.uint8) for _ in grays]
     if passed:
-        probs = predictor.mask_prob([grays[i] for i in passed])
-        for i, prob in zip(passed, probs, strict=True):
-            masks[i] = postprocess(prob, th)
+        found = postprocess(predictor.mask_prob([grays[i] for i in passed]), th)
+        for i, mask in zip(passed, found, strict=True):
+            masks[i] = mask
     return defect, masks
 
 

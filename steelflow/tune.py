@@ -46,9 +46,9 @@ def gather(
     probs, areas, overlaps, truths = [], [], [], []
     for start in tqdm(range(0, len(image_ids), batch_size), desc="validation pass", unit="batch"):
         ids = image_ids[start : start + batch_size]
-        grays = [read_gray(images_dir / i, 1.0) for i in ids]
+        grays = [read_gray(images_dir / i, predictor.read_scale) for i in ids]
         probs.append(predictor.defect_prob(grays))
-        prob = torch.from_numpy(predictor.mask_prob(grays)).unsqueeze(2)  # (n, 4, 1, H, W)
+        prob = predictor.mask_prob(grays).half().unsqueeze(2)  # (n, 4, 1, H, W)
         truth = torch.from_numpy(np.stack([cache[i] for i in ids])).bool()  # (n, 4, H, W)
         above = prob > grid.half()  # (n, 4, T, H, W)
         areas.append(above.sum(dim=(-2, -1)).numpy())

@@ -53,8 +53,8 @@ def measure(precision: str, paths: list[Path], config: dict, batch: int) -> dict
     ]
     inputs = [
         (
-            predictor._input(group, predictor.classifier_cfg["scale"]),
-            predictor._input(kept, predictor.unet_cfg["scale"]) if kept else None,
+            predictor.prepare(group, predictor.classifier_cfg["scale"]),
+            predictor.prepare(kept, predictor.unet_cfg["scale"]) if kept else None,
         )
         for group, kept in zip(grays, passed, strict=True)
     ]
@@ -62,9 +62,9 @@ def measure(precision: str, paths: list[Path], config: dict, batch: int) -> dict
     @torch.no_grad()
     def forward_only() -> None:
         for x_classifier, x_unet in inputs:
-            predictor._run(predictor.classifier, x_classifier)
+            predictor.forward(predictor.classifier, x_classifier)
             if x_unet is not None:
-                predictor._run(predictor.unet, x_unet)
+                predictor.forward(predictor.unet, x_unet)
 
     forward_only(), end_to_end()  # warm-up
     times = {}

@@ -1,7 +1,8 @@
 """Inference with both networks and the post-processing that turns it into masks.
 
-Images go in at full size (256x1600 gray); each network sees them at its own
-training scale, and the U-Net's probabilities come back at full size. The
+Gray images go in at full size (256x1600), or already reduced to a scale both
+networks can take; each network sees them at its own training scale, and the
+U-Net's probabilities come back at full size. The
 tuned post-processing then keeps, per class, the pixels above the class's
 threshold, drops a mask smaller than the class's minimum area, and empties
 every class of an image the classifier calls clean.
@@ -87,7 +88,8 @@ class Predictor:
         """The smallest scale images can be read at and still feed both networks."""
         return max(self.classifier_cfg["scale"], self.unet_cfg["scale"])
 
-    def _input(self, grays: list[np.ndarray], scale: float) -> torch.Tensor:
+    def prepare(self, grays: list[np.ndarray], scale: float) -> torch.Tensor:
+        """A normalised (N, 1, h, w) batch of ``grays`` at ``scale`` on the device."""
         size = (round(W * scale), round(H * scale))
         batch = np.stack(
             [
@@ -98,7 +100,8 @@ class Predictor:
         x = (torch.from_numpy(batch).float()[:, None] / 255 - MEAN) / STD
         return x.to(self.device).contiguous(memory_format=self.memory)
 
-    def _run(self, model, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, model, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``model`` in fp32, computed in the predictor's precision."""
         with torch.autocast(
             self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
         ):
@@ -107,16 +110,16 @@ class Predictor:
     @torch.no_grad()
     def defect_prob(self, grays: list[np.ndarray]) -> np.ndarray:
         """Classifier probability that each image has any defect, shape (N,)."""
-        logits = self._run(self.classifier, self._input(grays, self.classifier_cfg["scale"]))
+        logits = self.forward(self.classifier, self.prepare(grays, self.classifier_cfg["scale"]))
         return torch.sigmoid(logits).amax(dim=1).cpu().numpy()
 
     @torch.no_grad()
     def mask_prob(self, grays: list[np.ndarray]) -> torch.Tensor:
         """U-Net probabilities at full size, (N, 4, H, W) on the CPU; hflip-averaged if asked."""
-        x = self._input(grays, self.unet_cfg["scale"])
-        prob = torch.sigmoid(self._run(self.unet, x))
+        x = self.prepare(grays, self.unet_cfg["scale"])
+        prob = torch.sigmoid(self.forward(self.unet, x))
         if self.hflip:
-            prob = (prob + torch.sigmoid(self._run(self.unet, x.flip(-1))).flip(-1)) / 2
+            prob = (prob + torch.sigmoid(self.forward(self.unet, x.flip(-1))).flip(-1)) / 2
         if prob.shape[-2:] != (H, W):
             prob = F.interpolate(prob, size=(H, W), mode="bilinear", align_corners=False)
         return prob.cpu()

@@ -39,6 +39,8 @@ def save(fig: plt.Figure, path) -> None:
 def plot_history(history: pd.DataFrame, name: str, path) -> None:
     """Training curves: losses, and the validation metrics, per epoch."""
     metrics = [c for c in history.columns if c.startswith(("auc", "f1", "dice", "score"))]
+    if "auc" in metrics:  # the classifier's score is its AUC: draw it once
+        metrics.remove("score")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
     for column in ("train_loss", "val_loss"):
         left.plot(history.epoch, history[column], marker="o", label=column)

@@ -75,3 +75,10 @@ def test_bad_files(tmp_path):
     (tmp_path / "list.yaml").write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="expected a mapping"):
         load(tmp_path / "list.yaml")
+
+
+def test_the_kaggle_config_is_valid_and_asks_for_real_data_settings():
+    config = load(ROOT / "configs" / "kaggle.yaml")
+    assert config["data"]["source"] == "kaggle"
+    assert config["unet"]["epochs"] == config["classifier"]["epochs"] == 25
+    assert config["unet"]["scale"] == 1.0 and config["unet"]["pretrained"] == "imagenet"

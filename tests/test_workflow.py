@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -50,7 +54,13 @@ def project(tmp_path) -> Path:
 
 def snakemake_stages(cwd: Path) -> dict[str, dict]:
     """Each rule's shell command, inputs and outputs, from a forced dry run."""
-    out = snakemake("--dry-run", "--printshellcmds", "--forceall", "--cores", "1", cwd=cwd).stdout
+    return snakemake_stages_with(cwd=cwd)
+
+
+def snakemake_stages_with(*args: str, cwd: Path = ROOT) -> dict[str, dict]:
+    out = snakemake(
+        "--dry-run", "--printshellcmds", "--forceall", "--cores", "1", *args, cwd=cwd
+    ).stdout
     stages: dict[str, dict] = {}
     for block in re.split(r"\n(?=rule \w+:)", out)[1:]:
         name = re.match(r"rule (\w+):", block)[1]
@@ -106,33 +116,109 @@ def test_drift_is_detected(project):
     assert set(dvc_stages(project / "dvc.yaml")) != set(snakemake_stages(project)) - {"all"}
 
 
-def test_the_workflow_runs_in_a_fresh_folder(project):
+def git(*args, cwd):
+    return run(
+        ["git", "-c", "user.name=steelflow-test", "-c", "user.email=test@example.org", *args], cwd
+    )
+
+
+def dvc(*args, cwd):
+    return run([BIN / "dvc", *args], cwd)
+
+
+def as_dvc_repo(project: Path, remote: Path) -> None:
+    """Make ``project`` a git + DVC repository like a clone, pushing to ``remote``."""
+    for name in (".dvc/config", ".dvcignore", ".gitignore"):
+        (project / name).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, project / name)
+    git("init", "-q", cwd=project)
+    dvc("remote", "add", "--local", "-d", "shared", str(remote), cwd=project)
+
+
+def test_snakemake_run_then_dvc_commit_push_and_pull_into_a_fresh_clone(project, tmp_path):
     snakemake("--cores", "2", cwd=project)
     assert len(list((project / "resources/raw/train_images").glob("*.jpg"))) == TINY["n_train"]
     assert (project / "logs/fetch.log").is_file() and (
         project / "logs/benchmarks/fetch.tsv"
     ).is_file()
+    metrics = json.loads((project / "results/metrics.json").read_text())
+    assert 0 <= metrics["dice"] <= 1 and metrics["images"] == TINY["n_test"]
     again = snakemake("--cores", "2", "--dry-run", cwd=project)
     assert "Nothing to be done" in again.stdout + again.stderr
     snakemake("--report", "report.html", cwd=project)
     report = (project / "report.html").read_text(errors="replace")
-    assert all(f"{name}.png" in report for name in ("class_balance", "mask_areas", "examples"))
+    for name in ("class_balance", "examples", "unet", "classifier", "thresholds", "predictions"):
+        assert f"{name}.png" in report
+
+    remote = tmp_path / "remote"
+    as_dvc_repo(project, remote)
+    dvc("commit", "--force", cwd=project)  # record what Snakemake built
+    assert "up to date" in dvc("status", cwd=project).stdout
+    git("add", "-A", cwd=project)
+    git("commit", "-qm", "run", cwd=project)
+    dvc("push", cwd=project)
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(project), str(clone), cwd=tmp_path)
+    dvc("remote", "add", "--local", "-d", "shared", str(remote), cwd=clone)
+    dvc("pull", cwd=clone)
+    for path in (
+        "models/unet.pt",
+        "models/classifier.pt",
+        "submission.csv",
+        "resources/raw/train.csv",
+    ):
+        assert (clone / path).read_bytes() == (project / path).read_bytes(), path
 
 
-def test_dvc_repro_runs_the_same_stages(project):
-    for name in (".dvc/config", ".dvcignore"):
-        (project / name).parent.mkdir(exist_ok=True)
-        shutil.copy(ROOT / name, project / name)
-    run(["git", "init", "-q"], project)
-    dvc = [BIN / "dvc"]
-    result = run([*dvc, "repro"], project)
+def test_dvc_repro_runs_the_same_stages(project, tmp_path):
+    as_dvc_repo(project, tmp_path / "remote")
+    result = dvc("repro", cwd=project)
     for stage in dvc_stages(project / "dvc.yaml"):
         assert f"Running stage '{stage}'" in result.stdout
-    assert len(list((project / "resources/raw/train_images").glob("*.jpg"))) == TINY["n_train"]
-    assert (project / "results/split.csv").is_file() and (project / "dvc.lock").is_file()
-    assert "up to date" in run([*dvc, "status"], project).stdout
-    run([*dvc, "push"], project)
-    assert any((project / "dvc-storage").rglob("*"))
+    assert (project / "submission.csv").is_file() and (project / "dvc.lock").is_file()
+    assert "up to date" in dvc("status", cwd=project).stdout
+    assert "dice" in dvc("metrics", "show", cwd=project).stdout
+
+
+def test_a_killed_run_resumes_training_and_finishes(project):
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    config["unet"]["epochs"] = 3
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen(
+        [BIN / "snakemake", "--cores", "2"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    last = project / "models/unet.last.pt"
+    deadline = time.monotonic() + 600
+    while not last.is_file() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert last.is_file(), "training never reached its first checkpoint"
+    os.killpg(process.pid, signal.SIGKILL)  # kill Snakemake and the training, mid-run
+    process.wait()
+    assert not (project / "submission.csv").exists()
+    snakemake("--unlock", cwd=project)
+    snakemake("--cores", "2", cwd=project)  # the profile sets rerun-incomplete
+    log = (project / "logs/train_unet.log").read_text()
+    assert "resuming unet from epoch" in log
+    history = pd.read_csv(project / "results/train/unet.csv")
+    assert history.epoch.tolist() == [1, 2, 3]
+    assert len(pd.read_csv(project / "submission.csv")) == 4 * TINY["n_test"]
+
+
+def test_a_failing_stage_leaves_no_output_that_looks_complete(project):
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    config["data"].update({"source": "local", "local_path": str(project / "missing.zip")})
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("--cores", "2", cwd=project, check=False)
+    assert result.returncode != 0
+    assert "missing.zip does not exist" in (project / "logs/fetch.log").read_text()
+    assert not (project / "resources/raw").exists()
+    assert not [p for p in project.glob("resources/*") if p.name.endswith(".tmp")]
 
 
 def test_a_bad_config_stops_snakemake_with_one_clear_line(project):
@@ -140,3 +226,20 @@ def test_a_bad_config_stops_snakemake_with_one_clear_line(project):
     result = snakemake("--cores", "1", "--dry-run", cwd=project, check=False)
     assert result.returncode != 0
     assert "seed: expected a value >= 0, got -3" in result.stdout + result.stderr
+
+
+def test_another_config_file_reaches_every_stage():
+    stages = snakemake_stages_with("--configfile", "configs/kaggle.yaml")
+    configured = [s for s in stages.values() if "--config " in s["cmd"]]
+    assert len(configured) >= 6
+    assert all("--config configs/kaggle.yaml" in s["cmd"] for s in configured)
+
+
+def test_command_line_overrides_are_refused_since_stages_would_not_see_them():
+    result = snakemake("--dry-run", "--config", "seed=1", check=False)
+    assert result.returncode != 0 and "not --config KEY=VALUE" in result.stdout + result.stderr
+
+
+def test_the_submission_target_builds_what_it_needs_and_nothing_else():
+    jobs = set(snakemake_stages_with("submission.csv"))
+    assert jobs == {"fetch", "masks", "split", "train_classifier", "train_unet", "tune", "submit"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -81,6 +82,19 @@ def _train(args: argparse.Namespace) -> None:
     from steelflow.train import run
 
     config = load(args.config, dict(args.overrides))
+    processes = config["train"]["nproc_per_node"]
+    if processes > 1 and "RANK" not in os.environ:  # become torchrun: one process per device
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            "-m",
+            "steelflow.cli",
+            *sys.argv[1:],
+        ]
+        os.execv(sys.executable, launcher)
     best = run(
         args.network,
         config,
@@ -274,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         args.run(args)
     except (ValueError, OSError) as e:

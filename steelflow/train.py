@@ -252,7 +252,15 @@ def run(
         **loader_args,
     )
     val_loader = DataLoader(val_set, batch_size=cfg["batch_size"], **loader_args)
-    net = torch.nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
+    net = model
+    if dist.is_initialized():
+        net = torch.nn.parallel.DistributedDataParallel(model)
+        if is_main():
+            log.info(
+                "DistributedDataParallel with %d processes (%s)",
+                dist.get_world_size(),
+                dist.get_backend(),
+            )
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
 
     for epoch in range(start, cfg["epochs"]):

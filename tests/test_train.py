@@ -161,43 +161,32 @@ def test_pretrained_weights_from_a_file_or_the_hub_cache(offline_hub, tmp_path):
 
 
 def test_two_process_ddp_gives_the_same_checkpoint_format(data, tmp_path):
-    config = tmp_path / "config.yaml"
-    config.write_text((ROOT / "config.yaml").read_text())
-    torchrun = Path(sys.executable).parent / "torchrun"
+    """train.nproc_per_node=2: the same command becomes torchrun with two gloo processes."""
     steelflow = Path(sys.executable).parent / "steelflow"
-    sets = [
-        arg
-        for key, value in {**TINY, "unet.epochs": 1}.items()
-        for arg in ("--set", f"{key}={value}")
+    settings = {**TINY, "unet.epochs": 1, "train.nproc_per_node": 2}
+    sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    command = [
+        steelflow,
+        "train",
+        "unet",
+        "--config",
+        ROOT / "config.yaml",
+        "--raw",
+        data / "raw",
+        "--masks",
+        data / "masks",
+        "--split",
+        data / "split.csv",
+        "--out",
+        tmp_path / "ddp.pt",
+        "--history",
+        tmp_path / "ddp.csv",
+        *sets,
     ]
-    result = subprocess.run(
-        [
-            torchrun,
-            "--standalone",
-            "--nproc_per_node=2",
-            steelflow,
-            "train",
-            "unet",
-            "--config",
-            config,
-            "--raw",
-            data / "raw",
-            "--masks",
-            data / "masks",
-            "--split",
-            data / "split.csv",
-            "--out",
-            tmp_path / "ddp.pt",
-            "--history",
-            tmp_path / "ddp.csv",
-            *sets,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "DistributedDataParallel with 2 processes (gloo)" in result.stderr
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     single_model = build_unet(ddp["config"]).state_dict()
     assert set(ddp) >= {"model", "config", "epoch", "metrics", "task"}

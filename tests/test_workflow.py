@@ -243,3 +243,44 @@ def test_command_line_overrides_are_refused_since_stages_would_not_see_them():
 def test_the_submission_target_builds_what_it_needs_and_nothing_else():
     jobs = set(snakemake_stages_with("submission.csv"))
     assert jobs == {"fetch", "masks", "split", "train_classifier", "train_unet", "tune", "submit"}
+
+
+@pytest.fixture
+def local_slurm():
+    """A real single-node Slurm from Debian's packages (scripts/slurm-local.sh)."""
+    if os.geteuid() != 0:
+        pytest.skip("starting a local Slurm (apt-get, munged, slurmctld, slurmd) needs root")
+    script = ROOT / "scripts" / "slurm-local.sh"
+    run([script, "start"], ROOT)
+    yield
+    run([script, "stop"], ROOT)
+
+
+@pytest.mark.slurm
+def test_the_tiny_workflow_runs_through_a_real_slurm(project, local_slurm):
+    # The local node has 2 CPUs and no GPU: ask for what it has, not what the profile's cluster has.
+    small = [
+        f"{rule}:{key}={value}"
+        for rule in ("masks", "eda", "train_classifier", "train_unet", "tune", "submit")
+        for key, value in (("mem_mb", 3000), ("cpus_per_task", 1))
+    ]
+    command = [
+        "timeout",
+        "-k",
+        "5",
+        "-s",
+        "INT",
+        "900",
+        BIN / "snakemake",
+        "--profile",
+        "profiles/slurm",
+        "--slurm-no-account",
+        "--set-resources",
+        *small,
+    ]
+    result = run(command, project)
+    submitted = re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/rule_(\w+)/", result.stderr)
+    assert sorted(submitted) == ["eda", "masks", "submit", "train_classifier", "train_unet", "tune"]
+    submission = pd.read_csv(project / "submission.csv", keep_default_na=False)
+    assert len(submission) == 4 * TINY["n_test"]
+    assert json.loads((project / "results/metrics.json").read_text())["dice"] is not None

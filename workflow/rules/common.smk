@@ -19,6 +19,14 @@ def config_file():
 
 CONFIG_FILE = config_file()
 
+# Light rules run where Snakemake runs, not as cluster jobs (fetch also needs
+# the network, which compute nodes often lack).
+localrules:
+    all,
+    fetch,
+    split,
+    score,
+
 
 def training_settings(network):
     """The config a network's training reads; a change reruns the rule."""
@@ -27,8 +35,8 @@ def training_settings(network):
 
 
 def gpus():
-    """GPUs a training job asks the scheduler for: 1 when config asks for CUDA."""
-    return 1 if config["train"]["device"] == "cuda" else 0
+    """GPUs a job asks the scheduler for: one per process when config asks for CUDA."""
+    return config["train"]["nproc_per_node"] if config["train"]["device"] == "cuda" else 0
 
 
 def all_outputs():

@@ -26,7 +26,7 @@ ARCHS = {
 DOWNLOAD_TIMEOUT_S = 30
 
 
-class WeightsError(RuntimeError):
+class WeightsError(ValueError):
     """Pretrained weights asked for but not to be had; the message says what to do."""
 
 

@@ -32,7 +32,7 @@ from steelflow.report import plot_history
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ValueError):
     """Training cannot go on (a non-finite loss); the message says where it happened."""
 
 

@@ -192,3 +192,29 @@ def test_two_process_ddp_gives_the_same_checkpoint_format(data, tmp_path):
     assert set(ddp) >= {"model", "config", "epoch", "metrics", "task"}
     assert ddp["model"].keys() == single_model.keys()  # no "module." prefix from DDP
     assert len(pd.read_csv(tmp_path / "ddp.csv")) == 1
+
+
+def test_the_command_reports_missing_weights_in_one_line(data, tmp_path, offline_hub, capsys):
+    code = main(
+        [
+            "train",
+            "unet",
+            "--config",
+            str(ROOT / "config.yaml"),
+            "--raw",
+            str(data / "raw"),
+            "--masks",
+            str(data / "masks"),
+            "--split",
+            str(data / "split.csv"),
+            "--out",
+            str(tmp_path / "u.pt"),
+            "--history",
+            str(tmp_path / "u.csv"),
+            "--set",
+            "unet.pretrained=imagenet",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("steelflow train: error: ImageNet weights for resnet18")
+    assert not (tmp_path / "u.pt").exists()

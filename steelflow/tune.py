@@ -42,17 +42,16 @@ def gather(
     batch_size: int,
 ) -> Evidence:
     """Run both networks once over ``image_ids`` and keep what the search needs."""
-    grid = torch.tensor(pixel_grid).view(1, 1, -1, 1, 1)
+    grid, order = torch.sort(torch.tensor(pixel_grid, dtype=torch.float32))
     probs, areas, overlaps, truths = [], [], [], []
     for start in tqdm(range(0, len(image_ids), batch_size), desc="validation pass", unit="batch"):
         ids = image_ids[start : start + batch_size]
         grays = [read_gray(images_dir / i, predictor.read_scale) for i in ids]
         probs.append(predictor.defect_prob(grays))
-        prob = predictor.mask_prob(grays).half().unsqueeze(2)  # (n, 4, 1, H, W)
         truth = torch.from_numpy(np.stack([cache[i] for i in ids])).bool()  # (n, 4, H, W)
-        above = prob > grid.half()  # (n, 4, T, H, W)
-        areas.append(above.sum(dim=(-2, -1)).numpy())
-        overlaps.append((above & truth.unsqueeze(2)).sum(dim=(-2, -1)).numpy())
+        area, overlap = areas_above(predictor.mask_prob(grays), truth, grid)
+        areas.append(area[..., torch.argsort(order)].numpy())  # back to the config's order
+        overlaps.append(overlap[..., torch.argsort(order)].numpy())
         truths.append(truth.sum(dim=(-2, -1)).numpy())
     return Evidence(
         np.concatenate(probs),
@@ -60,6 +59,24 @@ def gather(
         np.concatenate(overlaps),
         np.concatenate(truths),
     )
+
+
+def areas_above(prob: torch.Tensor, truth: torch.Tensor, grid: torch.Tensor):
+    """Pixels above each threshold of the ascending ``grid``, and how many of them are true.
+
+    One pass: each pixel is binned by how many thresholds it exceeds, and the
+    counts per bin, summed from the top, give every threshold at once.
+    Shapes: prob, truth (n, 4, H, W); returns two (n, 4, T) tensors.
+    """
+    n, classes, bins = prob.shape[0], prob.shape[1], len(grid) + 1
+    exceeded = torch.bucketize(prob.contiguous(), grid)  # thresholds strictly below each pixel
+    index = exceeded + bins * torch.arange(n * classes).view(n, classes, 1, 1)
+
+    def above(selected: torch.Tensor) -> torch.Tensor:
+        counts = torch.bincount(selected, minlength=n * classes * bins).view(n, classes, bins)
+        return counts.flip(-1).cumsum(-1).flip(-1)[..., 1:]  # above threshold j: bins > j
+
+    return above(index.flatten()), above(index[truth])
 
 
 def class_dice(ev: Evidence, k: int, gates, min_areas) -> np.ndarray:

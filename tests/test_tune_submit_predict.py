@@ -10,13 +10,14 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from steelflow import rle
 from steelflow.cli import main
 from steelflow.config import load
 from steelflow.io import read_masks
 from steelflow.masks import build
-from steelflow.tune import Evidence, class_dice, search
+from steelflow.tune import Evidence, areas_above, class_dice, search
 from tests.conftest import ROOT, fetch_synthetic
 from tests.test_rle import reference_decode
 
@@ -299,3 +300,15 @@ def test_predict_refuses_bad_folders_clearly(project, tmp_path, capsys, content,
     )
     assert message.split(r"\.")[0].replace("\\", "") in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_areas_above_every_threshold_come_from_one_pass():
+    gen = torch.Generator().manual_seed(0)
+    prob = torch.rand(3, 4, 20, 30, generator=gen)
+    prob[0, 0, 0, :3] = torch.tensor([0.2, 0.5, 0.9])  # exactly on a threshold: not above it
+    truth = torch.rand(3, 4, 20, 30, generator=gen) > 0.7
+    grid = torch.tensor([0.2, 0.25, 0.5, 0.8, 0.9])
+    area, overlap = areas_above(prob, truth, grid)
+    above = prob.unsqueeze(2) > grid.view(1, 1, -1, 1, 1)
+    assert torch.equal(area, above.sum(dim=(-2, -1)))
+    assert torch.equal(overlap, (above & truth.unsqueeze(2)).sum(dim=(-2, -1)))

@@ -3,10 +3,17 @@
 Each rule runs one `steelflow <stage>` command; dvc.yaml describes the same stages.
 """
 
+from snakemake.utils import min_version
+
 from steelflow.config import validate
+
+min_version("8.20")
 
 
 configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 validate(config)

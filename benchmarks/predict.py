@@ -12,17 +12,15 @@ run (`make run` first). Writes benchmarks/results/predict.json and predict.md.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import torch
-from common import write_results
+from common import cpu_name, write_results
 
 from steelflow import rle
 from steelflow.config import load
-from steelflow.dataset import read_gray
-from steelflow.predict import Predictor, Thresholds, predict_masks
+from steelflow.predict import Predictor, Thresholds, predict_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,32 +29,29 @@ def measure(precision: str, paths: list[Path], config: dict, batch: int) -> dict
     train_cfg = {**config["train"], "precision": precision}
     predictor = Predictor(ROOT / "models/classifier.pt", ROOT / "models/unet.pt", train_cfg)
     thresholds = Thresholds.load(ROOT / "results/thresholds.json")
-    batches = [paths[i : i + batch] for i in range(0, len(paths), batch)]
 
     def end_to_end() -> int:
-        masks = 0
-        for group in batches:
-            _, predicted = predict_masks(
-                predictor, [read_gray(p, predictor.read_scale) for p in group], thresholds
-            )
-            masks += sum(bool(text) for m in predicted for text in rle.encode_many(m))
-        return masks
+        """The prediction loop of submit and predict: files in, RLE out."""
+        images = ((p.name, predictor.read(p)) for p in paths)
+        found = predict_images(predictor, thresholds, images, batch, len(paths))
+        return sum(bool(text) for _, masks in found for text in rle.encode_many(masks))
 
-    grays = [[read_gray(p, predictor.read_scale) for p in group] for group in batches]
+    views = [[predictor.read(p) for p in paths[i : i + batch]] for i in range(0, len(paths), batch)]
     passed = [
         [
-            g
-            for g, p in zip(group, predictor.defect_prob(group), strict=True)
+            v
+            for v, p in zip(group, predictor.defect_prob(group), strict=True)
             if p >= thresholds.gate
         ]
-        for group in grays
+        for group in views
     ]
+    scales = predictor.classifier_cfg["scale"], predictor.unet_cfg["scale"]
     inputs = [
         (
-            predictor.prepare(group, predictor.classifier_cfg["scale"]),
-            predictor.prepare(kept, predictor.unet_cfg["scale"]) if kept else None,
+            predictor.prepare([v[scales[0]] for v in group]),
+            predictor.prepare([v[scales[1]] for v in kept]) if kept else None,
         )
-        for group, kept in zip(grays, passed, strict=True)
+        for group, kept in zip(views, passed, strict=True)
     ]
 
     @torch.no_grad()
@@ -92,7 +87,7 @@ def main() -> None:
     if not paths or not (ROOT / "results/thresholds.json").is_file():
         raise SystemExit("run `make run` first: this measures its models on its test images")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    name = torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()} CPU"
+    name = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
     results = {
         "device": f"{name}, {torch.get_num_threads()} threads",
         "images": len(paths),

@@ -9,12 +9,11 @@ Writes benchmarks/results/rle.json and rle.md.
 
 from __future__ import annotations
 
-import platform
 import time
 
 import cv2
 import numpy as np
-from common import write_results
+from common import cpu_name, write_results
 
 from steelflow import rle
 
@@ -90,7 +89,7 @@ def main() -> None:
     except ImportError:
         coco = None
     rle.decode(rle.encode(np.ones((H, W), np.uint8)))  # compile (or load the cache)
-    results = {"machine": platform.machine(), "warm": {}, "cold": {}}
+    results = {"machine": cpu_name(), "warm": {}, "cold": {}}
     for coverage in (0.01, 0.10, 0.40):
         masks = defect_masks(coverage, 20, rng)
         texts = [rle.encode(m) for m in masks]

@@ -13,20 +13,21 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import platform
 import resource
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import write_results
+from common import cpu_name, write_results
 from torch.utils.data import DataLoader
 
 from steelflow import synthetic, train
 from steelflow.config import load
+from steelflow.device import memory_format, pick_precision
 from steelflow.masks import MaskCache, build
 from steelflow.split import assign_folds
+from steelflow.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,11 +53,11 @@ def images_per_s(step, batches: int, batch_size: int) -> float:
 def measure(name: str, folder: str, batches: int, queue) -> None:
     folder = Path(folder)
     config = load(ROOT / "config.yaml")
-    task = train.Task(name, config)
+    task = TASKS[name](config)
     cfg = task.cfg
     torch.manual_seed(0)
     dataset, _ = task.datasets(
-        folder / "raw/train_images", MaskCache(folder / "masks"), folder / "split.csv", config
+        folder / "raw/train_images", MaskCache(folder / "masks"), folder / "split.csv"
     )
     loader = DataLoader(
         dataset, batch_size=cfg["batch_size"], shuffle=True, num_workers=config["train"]["workers"]
@@ -73,32 +74,22 @@ def measure(name: str, folder: str, batches: int, queue) -> None:
 
     row = {"input": None, "batch_size": cfg["batch_size"]}
     row["data_images_per_s"] = images_per_s(next_batch, batches, cfg["batch_size"])
-    x, m, flags = next_batch()
-    row["input"] = "x".join(map(str, x.shape[-2:]))
+    batch = next_batch()
+    row["input"] = "x".join(map(str, batch[0].shape[-2:]))
     device = torch.device("cpu")
-    memory = torch.channels_last if config["train"]["channels_last"] else torch.contiguous_format
+    fmt = memory_format(config["train"]["channels_last"])
     for label, precision in (("fp32", "fp32"), ("config", config["train"]["precision"])):
-        dtype = train.pick_precision(precision, device)
-        model = task.model().to(memory_format=memory)
+        dtype = pick_precision(precision, device)
+        model = task.model().to(memory_format=fmt).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-        batch = x.contiguous(memory_format=memory), task.target(m, flags)
-
-        def model_step(batch=batch, model=model, optimizer=optimizer, dtype=dtype):
-            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = model(batch[0])
-            loss = train.loss_fn(logits, batch[1], cfg)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-        def full_step(model_step=model_step):
-            xb, mb, fb = next_batch()
-            model_step((xb.contiguous(memory_format=memory), task.target(mb, fb)))
-
-        name_dtype = str(dtype).replace("torch.", "") if dtype else "fp32"
-        row[f"model_images_per_s_{label}"] = images_per_s(model_step, batches, cfg["batch_size"])
-        row[f"train_images_per_s_{label}"] = images_per_s(full_step, batches, cfg["batch_size"])
-        row[f"dtype_{label}"] = name_dtype
+        step = train.Step(model, task, optimizer, device, dtype, fmt)  # the engine's own step
+        row[f"model_images_per_s_{label}"] = images_per_s(
+            lambda step=step: step(*batch), batches, cfg["batch_size"]
+        )
+        row[f"train_images_per_s_{label}"] = images_per_s(
+            lambda step=step: step(*next_batch()), batches, cfg["batch_size"]
+        )
+        row[f"dtype_{label}"] = str(dtype).replace("torch.", "") if dtype else "fp32"
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put((name, row))
 
@@ -108,7 +99,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12)
     args = parser.parse_args()
     results = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "machine": f"{cpu_name()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "networks": {},
     }

@@ -1,3 +1,8 @@
 """steelflow: a reproducible Snakemake + DVC pipeline for Severstal steel defect detection."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("steelflow")
+except PackageNotFoundError:  # run from a source tree that is not installed
+    __version__ = "unknown"

@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
+from steelflow import __version__
 from steelflow.atomic import write_json
 from steelflow.config import load, parse_override
+
+EDA_OUTPUTS = {  # the eda stage's files, each named on the command line
+    "stats": "json",
+    "class_balance": "png",
+    "defects_per_image": "png",
+    "mask_areas": "png",
+    "examples": "png",
+}
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -56,10 +64,11 @@ def _eda(args: argparse.Namespace) -> None:
     from steelflow.eda import run_eda
 
     config = load(args.config, dict(args.overrides))
+    outputs = {name: Path(getattr(args, name)) for name in EDA_OUTPUTS}
     stats = run_eda(
         Path(args.masks),
         Path(args.raw) / "train_images",
-        Path(args.out),
+        outputs,
         config["eda"]["examples_per_class"],
         config["seed"],
     )
@@ -79,32 +88,24 @@ def _split(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from steelflow import distributed
     from steelflow.train import run
 
     config = load(args.config, dict(args.overrides))
     processes = config["train"]["nproc_per_node"]
-    if processes > 1 and "RANK" not in os.environ:  # become torchrun: one process per device
-        launcher = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={processes}",
-            "-m",
-            "steelflow.cli",
-            *sys.argv[1:],
-        ]
-        os.execv(sys.executable, launcher)
+    if processes > 1 and not distributed.launched():
+        distributed.relaunch(args.argv, processes)  # becomes torchrun: one process per device
     best = run(
         args.network,
         config,
         Path(args.raw) / "train_images",
         Path(args.masks),
         Path(args.split),
-        Path(args.out),
-        Path(args.history),
+        {"out": Path(args.out), "history": Path(args.history), "curves": Path(args.curves)},
         resume=args.resume,
     )
+    if distributed.launched() and not best:
+        return  # not the main process: it reports
     print(json.dumps({"best": best}, indent=2))
 
 
@@ -117,7 +118,6 @@ def _predictor(args: argparse.Namespace, config: dict):
 
 
 def _tune(args: argparse.Namespace) -> None:
-    from steelflow.atomic import write_json
     from steelflow.dataset import split_ids
     from steelflow.masks import MaskCache
     from steelflow.tune import gather, plot_search, search
@@ -135,18 +135,15 @@ def _tune(args: argparse.Namespace) -> None:
     )
     result = search(evidence, cfg)
     write_json(args.out, result)
-    plot_search(evidence, cfg, result, Path(args.out).with_suffix(".png"))
+    plot_search(evidence, cfg, result, Path(args.figure))
     print(json.dumps(result, indent=2))
 
 
 def _submit(args: argparse.Namespace) -> None:
     import pandas as pd
-    from tqdm import tqdm
 
-    from steelflow import rle
-    from steelflow.dataset import read_gray
     from steelflow.io import read_masks, write_submission
-    from steelflow.predict import Thresholds, check_submission, predict_masks
+    from steelflow.predict import Thresholds, check_submission, submission_rows
 
     config = load(args.config, dict(args.overrides))
     predictor = _predictor(args, config)
@@ -154,19 +151,9 @@ def _submit(args: argparse.Namespace) -> None:
     raw = Path(args.raw)
     order = read_masks(raw / "sample_submission.csv")
     image_ids = list(dict.fromkeys(order.ImageId))
-    rows, size = [], config["predict"]["batch_size"]
-    for start in tqdm(range(0, len(image_ids), size), desc="submission", unit="batch"):
-        ids = image_ids[start : start + size]
-        _, masks = predict_masks(
-            predictor,
-            [read_gray(raw / "test_images" / i, predictor.read_scale) for i in ids],
-            thresholds,
-        )
-        rows += [
-            (i, c, text)
-            for i, m in zip(ids, masks, strict=True)
-            for c, text in enumerate(rle.encode_many(m), 1)
-        ]
+    rows = submission_rows(
+        predictor, thresholds, raw / "test_images", image_ids, config["predict"]["batch_size"]
+    )
     table = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
     check_submission(table, image_ids)
     write_submission(args.out, table, order)
@@ -190,6 +177,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steelflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     configured = argparse.ArgumentParser(add_help=False)
     configured.add_argument("--config", default="config.yaml", help="config file (config.yaml)")
@@ -215,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = stages.add_parser("eda", parents=[configured], help="statistics and figures of the data")
     p.add_argument("--raw", default="resources/raw", help="Kaggle layout folder (resources/raw)")
     p.add_argument("--masks", default="results/masks", help="mask cache (results/masks)")
-    p.add_argument("--out", default="results/eda", help="output folder (results/eda)")
+    for name, suffix in EDA_OUTPUTS.items():
+        file = f"results/eda/{name}.{suffix}"
+        p.add_argument(f"--{name.replace('_', '-')}", default=file, help=f"({file})")
     p.set_defaults(run=_eda)
 
     p = stages.add_parser("split", parents=[configured], help="stratified folds of the train set")
@@ -230,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="results/split.csv", help="folds (results/split.csv)")
     p.add_argument("--out", required=True, help="best checkpoint, e.g. models/unet.pt")
     p.add_argument("--history", required=True, help="per-epoch CSV, e.g. results/train/unet.csv")
+    p.add_argument("--curves", required=True, help="training curves, e.g. results/train/unet.png")
     p.add_argument("--resume", action="store_true", help="go on from the last checkpoint if any")
     p.set_defaults(run=_train)
 
@@ -246,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", default="results/masks", help="mask cache (results/masks)")
     p.add_argument("--split", default="results/split.csv", help="folds (results/split.csv)")
     p.add_argument("--out", default="results/thresholds.json", help="(results/thresholds.json)")
+    p.add_argument("--figure", default="results/thresholds.png", help="(results/thresholds.png)")
     p.set_defaults(run=_tune)
 
     p = stages.add_parser(

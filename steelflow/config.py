@@ -81,8 +81,9 @@ def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[s
         config = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        reason = " ".join(str(e).split())
+        raise ConfigError(f"{path}: not a YAML config file: {reason}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(config).__name__}")
     config = copy.deepcopy(config)

@@ -25,12 +25,21 @@ _REDUCED = {
 MEAN, STD = 0.4, 0.2  # gray levels / 255 of steel, roughly; inputs are (x - MEAN) / STD
 
 
-def read_gray(path: Path, scale: float) -> np.ndarray:
-    """Read a JPEG as uint8 gray at ``scale`` (1, 0.5 or 0.25) of its size."""
-    image = cv2.imread(str(path), _REDUCED[scale])
+def decode_gray(data: np.ndarray, scale: float, name: str | Path) -> np.ndarray:
+    """Decode an image file's bytes as uint8 gray at ``scale`` (1, 0.5 or 0.25) of its size.
+
+    libjpeg decodes a JPEG straight at 1/2 or 1/4 size; training and prediction
+    both read images through here, so a network sees the same pixels in both.
+    """
+    image = cv2.imdecode(data, _REDUCED[scale]) if data.size else None
     if image is None:
-        raise ValueError(f"{path}: not a readable image")
+        raise ValueError(f"{name}: not a readable image")
     return image
+
+
+def read_gray(path: Path, scale: float) -> np.ndarray:
+    """Read an image file as uint8 gray at ``scale`` of its size (see ``decode_gray``)."""
+    return decode_gray(np.fromfile(path, np.uint8), scale, path)
 
 
 def to_tensor(gray: np.ndarray) -> torch.Tensor:
@@ -40,9 +49,15 @@ def to_tensor(gray: np.ndarray) -> torch.Tensor:
 
 def split_ids(split_csv: Path, val_fold: int) -> tuple[list[str], list[str]]:
     """(train ImageIds, validation ImageIds) of ``split.csv``."""
-    folds = pd.read_csv(split_csv, keep_default_na=False)
-    val = folds.fold == val_fold
-    return folds.ImageId[~val].tolist(), folds.ImageId[val].tolist()
+    try:
+        folds = pd.read_csv(split_csv, keep_default_na=False, dtype={"ImageId": str})
+        ids, val = folds["ImageId"], folds["fold"] == val_fold
+        return ids[~val].tolist(), ids[val].tolist()
+    except (ValueError, KeyError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{split_csv}: not a split made by steelflow split (expected columns ImageId, fold; "
+            f"{type(e).__name__}: {e})"
+        ) from None
 
 
 class SteelDataset(Dataset):

@@ -9,10 +9,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from steelflow import rle
 from steelflow.atomic import write_json
 from steelflow.io import CLASSES
 from steelflow.masks import SLOTS, MaskCache
 from steelflow.report import CLASS_COLORS, outline, save
+
+H, W = rle.SHAPE
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -81,8 +84,8 @@ def plot_defects_per_image(stats: dict, path: Path) -> None:
 
 
 def plot_mask_areas(areas: pd.DataFrame, path: Path) -> None:
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2), sharey=False)
-    bins = np.logspace(1, np.log10(256 * 1600), 40)
+    fig, axes = plt.subplots(1, len(CLASSES), figsize=(14, 3.2), sharey=False)
+    bins = np.logspace(1, np.log10(H * W), 40)
     for ax, cls in zip(axes, CLASSES, strict=True):
         values = areas.area[areas.ClassId == cls]
         ax.hist(values, bins=bins, color=_colour(cls))
@@ -118,15 +121,17 @@ def plot_examples(
     save(fig, path)
 
 
-def run_eda(masks_dir: Path, images_dir: Path, out: Path, per_class: int, seed: int) -> dict:
-    """Write stats.json and the four figures into ``out``; return the statistics."""
+def run_eda(
+    masks_dir: Path, images_dir: Path, outputs: dict[str, Path], per_class: int, seed: int
+) -> dict:
+    """Write ``outputs``: stats (JSON) and the figures class_balance, defects_per_image,
+    mask_areas and examples (PNG); return the statistics."""
     cache = MaskCache(masks_dir)
     areas = mask_areas(cache)
     stats = statistics(cache, areas)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "stats.json", stats)
-    plot_class_balance(stats, out / "class_balance.png")
-    plot_defects_per_image(stats, out / "defects_per_image.png")
-    plot_mask_areas(areas, out / "mask_areas.png")
-    plot_examples(cache, images_dir, out / "examples.png", per_class, seed)
+    write_json(outputs["stats"], stats)
+    plot_class_balance(stats, outputs["class_balance"])
+    plot_defects_per_image(stats, outputs["defects_per_image"])
+    plot_mask_areas(areas, outputs["mask_areas"])
+    plot_examples(cache, images_dir, outputs["examples"], per_class, seed)
     return stats

@@ -44,14 +44,8 @@ def _parse_row(row: list[str], layout: list[str]) -> tuple[str, int, str]:
     return image.strip(), int(cls), rle.strip()
 
 
-def read_masks(path: str | Path) -> pd.DataFrame:
-    """Read a train.csv, test truth or submission in either layout.
-
-    Returns columns ImageId, ClassId (int), EncodedPixels ("" for no defect),
-    indexed by line number. Raises FormatError naming the file and line of a row
-    that fits neither layout or repeats an (ImageId, ClassId) pair.
-    """
-    path = Path(path)
+def _read_rows(path: Path) -> tuple[list[tuple[str, int, str]], list[int]]:
+    """The (ImageId, ClassId, EncodedPixels) rows of a mask CSV and their line numbers."""
     rows, lines, seen = [], [], {}
     with path.open(newline="") as f:
         reader = csv.reader(f)
@@ -78,6 +72,21 @@ def read_masks(path: str | Path) -> pd.DataFrame:
             seen[image, cls] = line
             rows.append((image, cls, rle))
             lines.append(line)
+    return rows, lines
+
+
+def read_masks(path: str | Path) -> pd.DataFrame:
+    """Read a train.csv, test truth or submission in either layout.
+
+    Returns columns ImageId, ClassId (int), EncodedPixels ("" for no defect),
+    indexed by line number. Raises FormatError naming the file and line of a row
+    that fits neither layout or repeats an (ImageId, ClassId) pair.
+    """
+    path = Path(path)
+    try:
+        rows, lines = _read_rows(path)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise FormatError(f"{path}: not a CSV text file ({e})") from None
     table = pd.DataFrame(rows, columns=COLUMNS, index=pd.Index(lines, name="line"))
     return table.astype({"ClassId": "int64"})
 

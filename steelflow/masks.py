@@ -79,9 +79,15 @@ class MaskCache:
 
     def __init__(self, folder: str | Path):
         folder = Path(folder)
-        self.index = pd.read_csv(folder / "index.csv", index_col="ImageId")
-        self.shape = tuple(json.loads((folder / "shape.json").read_text()))
-        self.bits = np.load(folder / "bits.npy", mmap_mode="r")
+        try:
+            self.index = pd.read_csv(folder / "index.csv", index_col="ImageId")
+            self.shape = tuple(json.loads((folder / "shape.json").read_text()))
+            self.bits = np.load(folder / "bits.npy", mmap_mode="r")
+            self.index[SLOTS]  # noqa: B018 (checks the columns)
+        except (ValueError, KeyError, UnicodeDecodeError) as e:
+            raise MaskError(
+                f"{folder}: not a mask cache made by steelflow masks ({type(e).__name__}: {e})"
+            ) from None
         self._rows = dict(zip(self.index.index, self.index[SLOTS].to_numpy(), strict=True))
 
     @property

@@ -1,7 +1,8 @@
-"""The competition metric: mean Dice over every (image, class) pair.
+"""Metrics: the competition's Dice (one function, from pixel counts), ROC AUC and F1.
 
-A pair whose masks are both empty scores 1, so predicting nothing scores the
-share of empty pairs; that share is reported as the all-empty baseline.
+The competition scores the mean Dice over every (image, class) pair; a pair
+whose masks are both empty scores 1, so predicting nothing scores the share of
+empty pairs, reported as the all-empty baseline.
 """
 
 from __future__ import annotations
@@ -15,20 +16,30 @@ from steelflow import rle
 from steelflow.io import CLASSES
 
 
-def dice(truth: np.ndarray, pred: np.ndarray) -> float:
-    """Dice of two binary masks, 2|X∩Y| / (|X| + |Y|); 1 when both are empty."""
+def dice(overlap, predicted, true) -> np.ndarray:
+    """Dice from pixel counts, 2|X∩Y| / (|X| + |Y|), 1 where both masks are empty.
+
+    ``overlap`` = |X∩Y|, ``predicted`` = |X|, ``true`` = |Y|: numbers or arrays
+    that broadcast together; returns a float array of their broadcast shape.
+    """
+    overlap = np.asarray(overlap, dtype=np.float64)
+    total = np.asarray(predicted, dtype=np.float64) + np.asarray(true, dtype=np.float64)
+    return np.where(total == 0, 1.0, 2 * overlap / np.maximum(total, 1))
+
+
+def mask_dice(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Dice of two binary masks of the same shape."""
     truth, pred = truth.astype(bool), pred.astype(bool)
-    total = int(truth.sum()) + int(pred.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(truth & pred)) / total
+    return float(dice(np.count_nonzero(truth & pred), np.count_nonzero(pred), truth.sum()))
 
 
-def pair_dice(
+def dice_table(
     truth: pd.DataFrame,
     pred: pd.DataFrame,
     image_ids: Sequence[str],
     shape: Sequence[int] = rle.SHAPE,
 ) -> pd.DataFrame:
-    """Dice of every (image, class) pair of ``image_ids`` x classes 1-4.
+    """Dice of every (image, class) pair of ``image_ids`` x the classes.
 
     ``truth`` and ``pred`` are mask tables (ImageId, ClassId, EncodedPixels);
     a pair missing from a table is empty. Returns ImageId, ClassId, truth_empty, dice.
@@ -45,7 +56,7 @@ def pair_dice(
             scores[i] = float(not t and not p)
             continue
         try:
-            scores[i] = dice(rle.decode(t, shape), rle.decode(p, shape))
+            scores[i] = mask_dice(rle.decode(t, shape), rle.decode(p, shape))
         except ValueError as e:
             image, cls = pairs[i]
             raise ValueError(f"image {image} class {cls}: {e}") from None
@@ -62,7 +73,7 @@ def score(
     shape: Sequence[int] = rle.SHAPE,
 ) -> dict:
     """Competition Dice, per class, on defect pairs only, and the all-empty baseline."""
-    pairs = pair_dice(truth, pred, image_ids, shape)
+    pairs = dice_table(truth, pred, image_ids, shape)
     by_class = pairs.groupby("ClassId")
     defects = pairs[~pairs.truth_empty].groupby("ClassId")["dice"].mean()
     return {
@@ -75,3 +86,20 @@ def score(
         "images": len(image_ids),
         "pairs": len(pairs),
     }
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half); NaN with one class."""
+    labels = labels.astype(bool)
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = pd.Series(scores).rank().to_numpy()
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def f1_score(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """F1 of binary predictions; 1 when there is nothing to find and nothing was found."""
+    tp = int((predicted & labels).sum())
+    denominator = int(predicted.sum() + labels.sum())
+    return 1.0 if denominator == 0 else 2 * tp / denominator

@@ -21,6 +21,32 @@ _MAX_DIGITS = 15  # far beyond any image, far below int64 overflow
 
 
 @njit(cache=True, nogil=True)
+def _number(text, i):
+    """The decimal number starting at ``text[i]`` and the index after it; the number is
+    -1 when a character is neither a digit nor a space, -2 when it has too many digits."""
+    n, at, value = text.size, i, 0
+    while i < n:
+        digit = np.int64(text[i]) - 48
+        if 0 <= digit <= 9:
+            value = value * 10 + digit
+            i += 1
+        elif text[i] == 32 or 9 <= text[i] <= 13:
+            break
+        else:
+            return -1, i
+    return (-2 if i - at > _MAX_DIGITS else value), i
+
+
+@njit(cache=True, nogil=True)
+def _close_span(flat, spans, k, prev_end, height):
+    """Zero the rest of the column the last run ended in and record the span's stop."""
+    stop = (prev_end - 1) // height + 1
+    flat[prev_end : stop * height] = 0
+    spans[k] = stop
+    return k + 1
+
+
+@njit(cache=True, nogil=True)
 def _decode_into(text, flat, height):
     """Parse ``text`` (ASCII bytes) and write its runs into ``flat``.
 
@@ -44,18 +70,9 @@ def _decode_into(text, flat, height):
         if i == n:
             break
         token_at = i
-        value = 0
-        while i < n:
-            digit = np.int64(text[i]) - 48
-            if 0 <= digit <= 9:
-                value = value * 10 + digit
-                i += 1
-            elif text[i] == 32 or 9 <= text[i] <= 13:
-                break
-            else:
-                return _TOKEN, token_at, 0, 0, spans[:0]
-        if i - token_at > _MAX_DIGITS:
-            return _TOO_LARGE, token_at, 0, 0, spans[:0]
+        value, i = _number(text, i)
+        if value < 0:
+            return (_TOKEN if value == -1 else _TOO_LARGE), token_at, 0, 0, spans[:0]
         if not have_start:
             start = value
             start_at = token_at
@@ -74,10 +91,7 @@ def _decode_into(text, flat, height):
         column = (start - 1) // height
         if k == 0 or column > (prev_end - 1) // height + 1:  # an empty column between: new span
             if k:
-                stop = (prev_end - 1) // height + 1
-                flat[prev_end : stop * height] = 0
-                spans[k] = stop
-                k += 1
+                k = _close_span(flat, spans, k, prev_end, height)
             spans[k] = column
             k += 1
             prev_end = column * height
@@ -87,10 +101,7 @@ def _decode_into(text, flat, height):
     if have_start:
         return _ODD, start_at, start, 0, spans[:0]
     if k:
-        stop = (prev_end - 1) // height + 1
-        flat[prev_end : stop * height] = 0
-        spans[k] = stop
-        k += 1
+        k = _close_span(flat, spans, k, prev_end, height)
     return _OK, 0, 0, 0, spans[:k]
 
 

@@ -234,7 +234,7 @@ def draw_image(rng: np.random.Generator, classes: tuple[int, ...], visibility: f
             img += signal * region  # what is drawn is what is labelled
             label[inside] = cls
             placed += 1
-    masks = np.stack([(label == c).astype(np.uint8) for c in (1, 2, 3, 4)])
+    masks = np.stack([(label == c).astype(np.uint8) for c in CLASSES])
     gray = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     return Drawn(gray, masks)
 
@@ -250,7 +250,7 @@ def _draw_file(
     combos = list(REAL_COMBINATIONS)
     weights = np.array(list(REAL_COMBINATIONS.values()), float)
     flags = combos[rng.choice(len(combos), p=weights / weights.sum())]
-    classes = tuple(c for c, flag in zip((1, 2, 3, 4), flags, strict=True) if flag)
+    classes = tuple(c for c, flag in zip(CLASSES, flags, strict=True) if flag)
     drawn = draw_image(rng, classes, visibility)
     name = image_id(seed, split, index)
     rgb = cv2.merge([drawn.image] * 3)  # Severstal JPEGs have three identical channels

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from steelflow.dataset import read_gray
 from steelflow.io import CLASSES
 from steelflow.masks import MaskCache
+from steelflow.metrics import dice
 from steelflow.predict import Predictor
 from steelflow.report import CLASS_COLORS, save
 
@@ -28,9 +28,9 @@ class Evidence:
     """One inference pass over the validation images (N images, T pixel thresholds)."""
 
     defect_prob: np.ndarray  # (N,)
-    area: np.ndarray  # (N, 4, T) predicted pixels above each threshold
-    overlap: np.ndarray  # (N, 4, T) of those, pixels in the true mask
-    truth: np.ndarray  # (N, 4) true mask areas
+    area: np.ndarray  # (N, C, T) predicted pixels above each threshold
+    overlap: np.ndarray  # (N, C, T) of those, pixels in the true mask
+    truth: np.ndarray  # (N, C) true mask areas
 
 
 def gather(
@@ -46,10 +46,10 @@ def gather(
     probs, areas, overlaps, truths = [], [], [], []
     for start in tqdm(range(0, len(image_ids), batch_size), desc="validation pass", unit="batch"):
         ids = image_ids[start : start + batch_size]
-        grays = [read_gray(images_dir / i, predictor.read_scale) for i in ids]
-        probs.append(predictor.defect_prob(grays))
-        truth = torch.from_numpy(np.stack([cache[i] for i in ids])).bool()  # (n, 4, H, W)
-        area, overlap = areas_above(predictor.mask_prob(grays), truth, grid)
+        views = [predictor.read(images_dir / i) for i in ids]
+        probs.append(predictor.defect_prob(views))
+        truth = torch.from_numpy(np.stack([cache[i] for i in ids])).bool()  # (n, C, H, W)
+        area, overlap = areas_above(predictor.mask_prob(views), truth, grid)
         areas.append(area[..., torch.argsort(order)].numpy())  # back to the config's order
         overlaps.append(overlap[..., torch.argsort(order)].numpy())
         truths.append(truth.sum(dim=(-2, -1)).numpy())
@@ -66,7 +66,7 @@ def areas_above(prob: torch.Tensor, truth: torch.Tensor, grid: torch.Tensor):
 
     One pass: each pixel is binned by how many thresholds it exceeds, and the
     counts per bin, summed from the top, give every threshold at once.
-    Shapes: prob, truth (n, 4, H, W); returns two (n, 4, T) tensors.
+    Shapes: prob, truth (n, C, H, W); returns two (n, C, T) tensors.
     """
     n, classes, bins = prob.shape[0], prob.shape[1], len(grid) + 1
     exceeded = torch.bucketize(prob.contiguous(), grid)  # thresholds strictly below each pixel
@@ -83,14 +83,12 @@ def class_dice(ev: Evidence, k: int, gates, min_areas) -> np.ndarray:
     """Mean Dice of class index ``k`` for every (gate, pixel threshold, min area): (G, T, A)."""
     area, overlap = ev.area[:, k], ev.overlap[:, k]  # (N, T)
     truth = ev.truth[:, k][:, None]  # (N, 1)
-    total = area + truth
-    kept = np.where(total == 0, 1.0, 2 * overlap / np.maximum(total, 1))  # (N, T)
-    dropped = (truth == 0).astype(float)  # (N, 1): the mask emptied
+    kept = dice(overlap, area, truth)  # (N, T)
+    dropped = dice(0, 0, truth)  # (N, 1): the mask emptied
     on = ev.defect_prob[:, None, None, None] >= np.asarray(gates)[None, :, None, None]  # (N,G,1,1)
     big = area[:, None, :, None] >= np.asarray(min_areas)[None, None, None, :]  # (N, 1, T, A)
     keep = on & big
-    dice = np.where(keep, kept[:, None, :, None], dropped[:, None, :, None])
-    return dice.mean(axis=0)
+    return np.where(keep, kept[:, None, :, None], dropped[:, None, :, None]).mean(axis=0)
 
 
 def search(ev: Evidence, cfg: dict) -> dict:
@@ -103,9 +101,9 @@ def search(ev: Evidence, cfg: dict) -> dict:
     """
     gates, pixels, areas = cfg["gates"], cfg["pixel_thresholds"], cfg["min_areas"]
     n = len(ev.defect_prob)
-    empty = (ev.truth == 0).mean(axis=0)  # (4,) Dice of predicting the class empty
+    empty = (ev.truth == 0).mean(axis=0)  # (C,) Dice of predicting the class empty
     support = (ev.truth > 0).sum(axis=0)
-    tables = [class_dice(ev, k, gates, areas) for k in range(4)]  # (G, T, A) each
+    tables = [class_dice(ev, k, gates, areas) for k in range(len(CLASSES))]  # (G, T, A) each
     simplicity = np.abs(np.asarray(pixels) - 0.5)[:, None] * 1e-3 + np.arange(len(areas))[None, :]
 
     def best_setting(table: np.ndarray) -> tuple[int, int, float]:
@@ -116,7 +114,7 @@ def search(ev: Evidence, cfg: dict) -> dict:
     plans = []
     for g in range(len(gates)):
         chosen = []
-        for k in range(4):
+        for k in range(len(CLASSES)):
             t, a, dice = best_setting(tables[k][g])
             on = bool(support[k] >= cfg["min_support"] and dice - empty[k] >= cfg["min_gain"])
             chosen.append((t, a, dice if on else float(empty[k]), on))
@@ -145,7 +143,7 @@ def search(ev: Evidence, cfg: dict) -> dict:
 def plot_search(ev: Evidence, cfg: dict, result: dict, path: Path) -> None:
     """Per class: validation Dice against pixel threshold, one line per minimum area."""
     gate = [result["classifier_gate"]]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), sharey=False)
+    fig, axes = plt.subplots(1, len(CLASSES), figsize=(17, 3.8), sharey=False)
     shown = sorted({0, *cfg["min_areas"][:: max(1, len(cfg["min_areas"]) // 4)]})
     for ax, cls in zip(axes, CLASSES, strict=True):
         k, chosen = cls - 1, result["classes"][str(cls)]

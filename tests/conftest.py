@@ -9,6 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "severstal-real"
+TEST_CONFIG = ROOT / ".test" / "config.yaml"  # the tiny config of tests and CI
 
 
 @pytest.fixture
@@ -49,6 +50,6 @@ def fetch_synthetic(out: Path, n_train: int, n_test: int) -> Path:
     from steelflow.cli import main
 
     sizes = [f"data.synthetic.n_train={n_train}", f"data.synthetic.n_test={n_test}"]
-    args = ["fetch", "--config", str(ROOT / "config.yaml"), "--out", str(out)]
+    args = ["fetch", "--config", str(TEST_CONFIG), "--out", str(out)]
     assert main(args + [arg for size in sizes for arg in ("--set", size)]) == 0
     return out

@@ -82,3 +82,38 @@ def test_the_kaggle_config_is_valid_and_asks_for_real_data_settings():
     assert config["data"]["source"] == "kaggle"
     assert config["unet"]["epochs"] == config["classifier"]["epochs"] == 25
     assert config["unet"]["scale"] == 1.0 and config["unet"]["pretrained"] == "imagenet"
+
+
+def test_the_schema_defaults_are_the_values_of_config_yaml():
+    """One set of defaults: an empty config is config.yaml, key for key."""
+    from steelflow.config import validate
+
+    assert validate({}) == yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"classifier.crop_width": 384}, r"unknown key 'crop_width' in 'classifier'"),
+        ({"classifier.loss": "bce_dice"}, r"unknown key 'loss' in 'classifier'"),
+        ({"unet.head": "binary"}, r"unknown key 'head' in 'unet'"),
+    ],
+)
+def test_each_network_accepts_only_its_own_keys(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load(ROOT / "config.yaml", overrides)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"seed: [1,\n", "not a YAML config file"),  # truncated
+        (b"PK\x03\x04\x00\xff\xfe\x80binary", "not a YAML config file"),  # a zip, not YAML
+    ],
+)
+def test_a_broken_config_file_is_named_in_one_line(tmp_path, content, message):
+    path = tmp_path / "broken.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as info:
+        load(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)

@@ -104,6 +104,15 @@ def test_folds_are_stratified_balanced_and_reproducible():
     assert not folds.fold.equals(assign_folds(flags, 5, seed=2).fold)
 
 
+EDA_FILES = {
+    "stats": "stats.json",
+    "class_balance": "class_balance.png",
+    "defects_per_image": "defects_per_image.png",
+    "mask_areas": "mask_areas.png",
+    "examples": "examples.png",
+}
+
+
 def test_split_and_eda_commands(raw, cache_dir, tmp_path, capsys):
     out = tmp_path / "split.csv"
     assert (
@@ -132,8 +141,14 @@ def test_split_and_eda_commands(raw, cache_dir, tmp_path, capsys):
                 str(cache_dir),
                 "--raw",
                 str(raw),
-                "--out",
-                str(tmp_path / "eda"),
+                *[
+                    arg
+                    for name in EDA_FILES
+                    for arg in (
+                        f"--{name.replace('_', '-')}",
+                        str(tmp_path / "eda" / EDA_FILES[name]),
+                    )
+                ],
             ]
         )
         == 0
@@ -172,7 +187,9 @@ def test_real_data_through_local_masks_and_eda(real_kaggle_folder, real_data, tm
     raw = tmp_path / "raw"
     fetch({"source": "local", "local_path": str(real_kaggle_folder)}, 0, raw)
     build(raw / "train.csv", raw / "train_images", tmp_path / "masks")
-    stats = run_eda(tmp_path / "masks", raw / "train_images", tmp_path / "eda", per_class=2, seed=0)
+    outputs = {name: tmp_path / "eda" / file for name, file in EDA_FILES.items()}
+    stats = run_eda(tmp_path / "masks", raw / "train_images", outputs, per_class=2, seed=0)
+    assert all(path.read_bytes() for path in outputs.values())
     assert stats["images"] == 6 and stats["clean"] == 0 and stats["masks"] == 7
     assert stats["images_per_class"] == {"1": 2, "2": 1, "3": 3, "4": 1}
     cache = MaskCache(tmp_path / "masks")

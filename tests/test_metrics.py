@@ -10,7 +10,7 @@ import pytest
 
 from steelflow import rle
 from steelflow.cli import main
-from steelflow.metrics import dice, score
+from steelflow.metrics import dice, mask_dice, score
 
 
 def table(rows):
@@ -20,11 +20,20 @@ def table(rows):
 def test_dice_by_hand():
     a = np.zeros((4, 4), np.uint8)
     b = np.zeros((4, 4), np.uint8)
-    assert dice(a, b) == 1.0
+    assert mask_dice(a, b) == 1.0
     a[0, :2] = 1
-    assert dice(a, b) == 0.0
+    assert mask_dice(a, b) == 0.0
     b[0, 1:4] = 1
-    assert dice(a, b) == pytest.approx(2 * 1 / (2 + 3))
+    assert mask_dice(a, b) == pytest.approx(2 * 1 / (2 + 3))
+
+
+def test_one_dice_from_counts_broadcasts_and_scores_empty_pairs_one():
+    overlap = np.array([[0, 5], [3, 0]])
+    predicted = np.array([[0, 10], [3, 4]])
+    true = np.array([[0, 5], [9, 0]])
+    expected = [[1.0, 10 / 15], [6 / 12, 0.0]]
+    np.testing.assert_allclose(dice(overlap, predicted, true), expected)
+    assert dice(0, 0, np.array([[0], [7]])).tolist() == [[1.0], [0.0]]  # a mask predicted empty
 
 
 def test_score_counts_every_pair_of_the_image_set():

@@ -19,24 +19,16 @@ from steelflow.cli import main
 from steelflow.config import load
 from steelflow.masks import build
 from steelflow.models import WeightsError, build_classifier, build_unet, resnet
-from tests.conftest import ROOT, fetch_synthetic
+from steelflow.tasks import UNetTask
+from tests.conftest import TEST_CONFIG, fetch_synthetic
 
-TINY = {
-    "train.threads": 1,
-    "classifier.epochs": 2,
-    "classifier.batch_size": 4,
-    "classifier.scale": 0.25,
-    "unet.epochs": 2,
-    "unet.batch_size": 4,
-    "unet.scale": 0.25,
-    "unet.crop_width": 512,
-}
+TWO_EPOCHS = {"classifier.epochs": 2, "unet.epochs": 2}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train")
-    args = ["--config", str(ROOT / "config.yaml")]
+    args = ["--config", str(TEST_CONFIG)]
     fetch_synthetic(root / "raw", 20, 1)
     build(root / "raw/train.csv", root / "raw/train_images", root / "masks")
     assert (
@@ -47,18 +39,18 @@ def data(tmp_path_factory) -> Path:
 
 
 def tiny_config(**overrides):
-    return load(ROOT / "config.yaml", {**TINY, **overrides})
+    return load(TEST_CONFIG, {**TWO_EPOCHS, **overrides})
 
 
 def train_network(data, out, name="unet", resume=False, **overrides):
+    outputs = {"out": out / f"{name}.pt", "history": out / f"{name}.csv"}
     return train.run(
         name,
         tiny_config(**overrides),
         data / "raw/train_images",
         data / "masks",
         data / "split.csv",
-        out / f"{name}.pt",
-        out / f"{name}.csv",
+        {**outputs, "curves": out / f"{name}.png"},
         resume=resume,
     )
 
@@ -93,7 +85,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(data, tmp_path, monkeypatch
     """Killed after epoch 1 of 3, resumed: same weights as a run never interrupted."""
     settings = {"unet.epochs": 3}
     train_network(data, tmp_path / "straight", **settings)
-    original = train.validate
+    original = train.evaluate
 
     def validate_then_die(*args, **kwargs):
         if len(validate_then_die.calls) == 1:
@@ -102,12 +94,12 @@ def test_an_interrupted_run_resumes_where_it_stopped(data, tmp_path, monkeypatch
         return original(*args, **kwargs)
 
     validate_then_die.calls = []
-    monkeypatch.setattr(train, "validate", validate_then_die)
+    monkeypatch.setattr(train, "evaluate", validate_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_network(data, tmp_path / "resumed", **settings)
     last = torch.load(tmp_path / "resumed/unet.last.pt", weights_only=True)
     assert last["epoch"] == 1 and "optimizer" in last
-    monkeypatch.setattr(train, "validate", original)
+    monkeypatch.setattr(train, "evaluate", original)
     train_network(data, tmp_path / "resumed", resume=True, **settings)
     straight = pd.read_csv(tmp_path / "straight/unet.csv")
     resumed = pd.read_csv(tmp_path / "resumed/unet.csv")
@@ -119,7 +111,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(data, tmp_path, monkeypatch
 
 
 def test_a_non_finite_loss_stops_training(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "loss_fn", lambda logits, target, cfg: logits.float().sum() * np.nan)
+    monkeypatch.setattr(
+        UNetTask, "loss", lambda self, logits, target: logits.float().sum() * np.nan
+    )
     with pytest.raises(train.TrainingError, match=r"unet: loss is nan at epoch 1, step 1"):
         train_network(data, tmp_path)
     assert not (tmp_path / "unet.pt").exists()
@@ -160,61 +154,39 @@ def test_pretrained_weights_from_a_file_or_the_hub_cache(offline_hub, tmp_path):
     assert torch.equal(from_cache.layer4[0].conv1.weight, reference["layer4.0.conv1.weight"])
 
 
-def test_two_process_ddp_gives_the_same_checkpoint_format(data, tmp_path):
-    """train.nproc_per_node=2: the same command becomes torchrun with two gloo processes."""
-    steelflow = Path(sys.executable).parent / "steelflow"
-    settings = {**TINY, "unet.epochs": 1, "train.nproc_per_node": 2}
+def train_command(data, out: Path, network: str = "unet", **settings) -> list[str]:
+    """The arguments of `steelflow train` on the tiny data, writing into ``out``."""
     sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
-    command = [
-        steelflow,
-        "train",
-        "unet",
-        "--config",
-        ROOT / "config.yaml",
-        "--raw",
-        data / "raw",
-        "--masks",
-        data / "masks",
-        "--split",
-        data / "split.csv",
-        "--out",
-        tmp_path / "ddp.pt",
-        "--history",
-        tmp_path / "ddp.csv",
-        *sets,
-    ]
+    paths = {"raw": data / "raw", "masks": data / "masks", "split": data / "split.csv"}
+    paths |= {"out": out / f"{network}.pt", "history": out / f"{network}.csv"}
+    paths["curves"] = out / f"{network}.png"
+    options = [arg for key, path in paths.items() for arg in (f"--{key}", str(path))]
+    return ["train", network, "--config", str(TEST_CONFIG), *options, *sets]
+
+
+def test_two_process_ddp_from_python_reports_once_with_the_same_checkpoint_format(data, tmp_path):
+    """train.nproc_per_node=2 from `main([...])`: the command becomes torchrun with two gloo
+    processes running the caller's arguments (not the Python process's own sys.argv), and
+    only the main process writes and reports."""
+    args = train_command(data, tmp_path, **{"train.nproc_per_node": 2})
+    script = f"import sys; from steelflow.cli import main; sys.exit(main({args!r}))"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DistributedDataParallel with 2 processes (gloo)" in result.stderr
-    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    assert result.stdout.count('"best"') == 1, result.stdout
+    ddp = torch.load(tmp_path / "unet.pt", weights_only=True)
     single_model = build_unet(ddp["config"]).state_dict()
     assert set(ddp) >= {"model", "config", "epoch", "metrics", "task"}
     assert ddp["model"].keys() == single_model.keys()  # no "module." prefix from DDP
-    assert len(pd.read_csv(tmp_path / "ddp.csv")) == 1
+    assert len(pd.read_csv(tmp_path / "unet.csv")) == 1
+    assert not (tmp_path / "unet.last.pt").exists()
 
 
 def test_the_command_reports_missing_weights_in_one_line(data, tmp_path, offline_hub, capsys):
-    code = main(
-        [
-            "train",
-            "unet",
-            "--config",
-            str(ROOT / "config.yaml"),
-            "--raw",
-            str(data / "raw"),
-            "--masks",
-            str(data / "masks"),
-            "--split",
-            str(data / "split.csv"),
-            "--out",
-            str(tmp_path / "u.pt"),
-            "--history",
-            str(tmp_path / "u.csv"),
-            "--set",
-            "unet.pretrained=imagenet",
-        ]
-    )
+    code = main(train_command(data, tmp_path, **{"unet.pretrained": "imagenet"}))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("steelflow train: error: ImageNet weights for resnet18")
-    assert not (tmp_path / "u.pt").exists()
+    assert not (tmp_path / "unet.pt").exists()

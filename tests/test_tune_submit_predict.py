@@ -17,36 +17,19 @@ from steelflow.cli import main
 from steelflow.config import load
 from steelflow.io import read_masks
 from steelflow.masks import build
+from steelflow.models import build_classifier, build_unet
 from steelflow.tune import Evidence, areas_above, class_dice, search
-from tests.conftest import ROOT, fetch_synthetic
+from tests.conftest import TEST_CONFIG, fetch_synthetic
 from tests.test_rle import reference_decode
 
-TINY = [
-    "--set",
-    "train.threads=1",
-    "--set",
-    "classifier.epochs=1",
-    "--set",
-    "unet.epochs=1",
-    "--set",
-    "classifier.batch_size=4",
-    "--set",
-    "unet.batch_size=4",
-    "--set",
-    "classifier.scale=0.25",
-    "--set",
-    "unet.scale=0.25",
-    "--set",
-    "tune.batch_size=4",
-]
-TUNE = load(ROOT / "config.yaml")["tune"]
+TUNE = load(TEST_CONFIG)["tune"]
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """Tiny data, both networks trained one epoch, thresholds tuned."""
     root = tmp_path_factory.mktemp("answer")
-    config = ["--config", str(ROOT / "config.yaml"), *TINY]
+    config = ["--config", str(TEST_CONFIG)]
     fetch_synthetic(root / "raw", 20, 6)
     build(root / "raw/train.csv", root / "raw/train_images", root / "masks")
     assert (
@@ -70,6 +53,8 @@ def project(tmp_path_factory) -> Path:
                     str(root / f"{network}.pt"),
                     "--history",
                     str(root / f"{network}.csv"),
+                    "--curves",
+                    str(root / f"{network}.png"),
                 ]
             )
             == 0
@@ -91,6 +76,8 @@ def project(tmp_path_factory) -> Path:
                 str(root / "unet.pt"),
                 "--out",
                 str(root / "thresholds.json"),
+                "--figure",
+                str(root / "thresholds.png"),
             ]
         )
         == 0
@@ -101,8 +88,7 @@ def project(tmp_path_factory) -> Path:
 def models_args(root: Path) -> list[str]:
     return [
         "--config",
-        str(ROOT / "config.yaml"),
-        *TINY,
+        str(TEST_CONFIG),
         "--classifier",
         str(root / "classifier.pt"),
         "--unet",
@@ -312,3 +298,86 @@ def test_areas_above_every_threshold_come_from_one_pass():
     above = prob.unsqueeze(2) > grid.view(1, 1, -1, 1, 1)
     assert torch.equal(area, above.sum(dim=(-2, -1)))
     assert torch.equal(overlap, (above & truth.unsqueeze(2)).sum(dim=(-2, -1)))
+
+
+def bad_files(folder: Path, good: Path) -> dict[str, Path]:
+    """A missing, a truncated and a foreign (text) version of the file ``good``."""
+    folder.mkdir(exist_ok=True)
+    truncated = folder / f"truncated{good.suffix}"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    foreign = folder / f"foreign{good.suffix}"
+    foreign.write_text("ImageId,ClassId,EncodedPixels\n")
+    return {"missing": folder / f"missing{good.suffix}", "truncated": truncated, "foreign": foreign}
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "foreign", "other network"])
+@pytest.mark.parametrize("network", ["classifier", "unet"])
+def test_a_bad_checkpoint_stops_submit_with_one_line_naming_it(
+    project, tmp_path, capsys, network, kind
+):
+    good = project / f"{network}.pt"
+    other = project / ("unet.pt" if network == "classifier" else "classifier.pt")
+    bad = other if kind == "other network" else bad_files(tmp_path / "bad", good)[kind]
+    args = models_args(project)
+    args[args.index(f"--{network}") + 1] = str(bad)
+    out = tmp_path / "submission.csv"
+    assert main(["submit", *args, "--raw", str(project / "raw"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("steelflow submit: error: ") and str(bad) in err[0]
+    expected = {"missing": "not found", "other network": f"expected a {network} one"}
+    assert expected.get(kind, "not a readable steelflow checkpoint") in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "foreign"])
+def test_bad_thresholds_stop_predict_with_one_line_naming_them(project, tmp_path, capsys, kind):
+    bad = bad_files(tmp_path / "bad", project / "thresholds.json")[kind]
+    args = models_args(project)
+    args[args.index("--thresholds") + 1] = str(bad)
+    folder = project / "raw/test_images"
+    assert main(["predict", str(folder), "--out", str(tmp_path / "out"), *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("steelflow predict: error: ") and str(bad) in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "foreign", "binary"])
+def test_a_bad_submission_stops_score_with_one_line_naming_it(project, tmp_path, capsys, kind):
+    good = tmp_path / "good.csv"
+    shutil.copy(project / "raw/sample_submission.csv", good)
+    files = bad_files(tmp_path / "bad", good)
+    files["foreign"].write_text('{"classifier_gate": 0.5}\n')  # thresholds JSON, not a CSV
+    files["binary"] = tmp_path / "bad/binary.csv"
+    files["binary"].write_bytes((project / "classifier.pt").read_bytes()[:4000])
+    bad = files[kind]
+    truth = str(project / "raw/test_truth.csv")
+    assert main(["score", "--submission", str(bad), "--truth", truth]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("steelflow score: error: ") and str(bad) in err[0]
+
+
+def test_each_network_sees_at_prediction_the_pixels_it_trained_on(project, tmp_path):
+    """A classifier at 1/4 and a U-Net at 1/2 scale: each view the predictor makes of an
+    image equals, pixel for pixel, the training set's sample of that image at that scale."""
+    from steelflow import checkpoint
+    from steelflow.dataset import SteelDataset, to_tensor
+    from steelflow.masks import MaskCache
+    from steelflow.predict import Predictor
+
+    config = load(TEST_CONFIG, {"unet.scale": 0.5})
+    paths = {}
+    for network, build_net in (("classifier", build_classifier), ("unet", build_unet)):
+        cfg = config[network]
+        paths[network] = tmp_path / f"{network}.pt"
+        state = {"model": build_net(cfg).state_dict(), "config": cfg, "epoch": 0}
+        checkpoint.save(paths[network], state | {"metrics": {}, "task": network})
+    predictor = Predictor(paths["classifier"], paths["unet"], config["train"])
+    cache = MaskCache(project / "masks")
+    ids = cache.image_ids[:3]
+    images = project / "raw/train_images"
+    for network in ("classifier", "unet"):
+        scale = config[network]["scale"]
+        trained_on = SteelDataset(images, cache, ids, scale=scale)
+        for i, image in enumerate(ids):
+            seen = to_tensor(predictor.read(images / image)[scale])
+            assert torch.equal(seen, trained_on[i][0]), f"{network}, {image}"

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TEST_CONFIG
 
 BIN = Path(sys.executable).parent
 WORKFLOW_FILES = ["Snakefile", "workflow", "config.yaml", "dvc.yaml", "profiles", "steelflow"]
-TINY = {"n_train": 16, "n_test": 4}  # the tiny data set of workflow tests
+TINY = yaml.safe_load(TEST_CONFIG.read_text())["data"]["synthetic"]  # the tiny data set
 
 
 def run(args, cwd, check=True):
@@ -43,12 +43,7 @@ def project(tmp_path) -> Path:
     for name in WORKFLOW_FILES:
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    config["data"]["synthetic"].update(TINY)
-    config["train"]["threads"] = 1
-    for network in ("classifier", "unet"):
-        config[network].update({"epochs": 1, "batch_size": 4, "scale": 0.25})
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    shutil.copy(TEST_CONFIG, tmp_path / "config.yaml")
     return tmp_path
 
 

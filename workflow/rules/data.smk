@@ -54,7 +54,9 @@ rule eda:
         "../envs/steelflow.yaml"
     shell:
         "steelflow eda --config {params.config_file} --raw {input.raw} --masks {input.masks} "
-        "--out results/eda > {log} 2>&1"
+        "--stats {output.stats} --class-balance {output.balance} "
+        "--defects-per-image {output.per_image} --mask-areas {output.areas} "
+        "--examples {output.examples} > {log} 2>&1"
 
 
 rule split:

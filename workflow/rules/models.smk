@@ -25,7 +25,7 @@ rule train_classifier:
     shell:
         "steelflow train classifier --config {params.config_file} --raw {input.raw} "
         "--masks {input.masks} --split {input.split} --out {output.model} "
-        "--history {output.history} --resume > {log} 2>&1"
+        "--history {output.history} --curves {output.curves} --resume > {log} 2>&1"
 
 
 rule train_unet:
@@ -52,4 +52,4 @@ rule train_unet:
     shell:
         "steelflow train unet --config {params.config_file} --raw {input.raw} "
         "--masks {input.masks} --split {input.split} --out {output.model} "
-        "--history {output.history} --resume > {log} 2>&1"
+        "--history {output.history} --curves {output.curves} --resume > {log} 2>&1"

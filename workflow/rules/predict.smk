@@ -26,7 +26,7 @@ rule tune:
     shell:
         "steelflow tune --config {params.config_file} --raw {input.raw} --masks {input.masks} "
         "--split {input.split} --classifier {input.classifier} --unet {input.unet} "
-        "--out {output.thresholds} > {log} 2>&1"
+        "--out {output.thresholds} --figure {output.figure} > {log} 2>&1"
 
 
 rule submit:

@@ -1,0 +1,56 @@
+"""Checkpoints of the training engine: written atomically, read back with clear errors."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from steelflow.atomic import atomic_path
+
+KEYS = {"model", "config", "epoch", "metrics", "task"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or of the wrong kind; the message names it."""
+
+
+def save(path: Path, state: dict) -> None:
+    """torch.save to a temporary name, then rename: a killed run never leaves half a file."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def last_path(best: Path) -> Path:
+    """Where the resumable state of a training that writes ``best`` lives: NAME.last.pt."""
+    return best.with_name(f"{best.stem}.last{best.suffix}")
+
+
+def load(path: Path, task: str | None = None, device: str | torch.device = "cpu") -> dict:
+    """A checkpoint of the engine, loaded with ``weights_only=True``.
+
+    ``task`` ("classifier" or "unet") is the network expected. Anything else
+    (no file, a truncated or foreign file, another network's checkpoint)
+    raises CheckpointError naming the file and what was expected.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"{path}: not a readable steelflow checkpoint (truncated, or another kind of file): "
+            f"{reason}"
+        ) from None
+    missing = KEYS - set(state) if isinstance(state, dict) else KEYS
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a steelflow checkpoint: missing {', '.join(sorted(missing))}"
+        )
+    if task and state["task"] != task:
+        raise CheckpointError(f"{path}: a {state['task']} checkpoint, expected a {task} one")
+    return state

@@ -1,0 +1,59 @@
+"""Where and in which precision the networks run: device and autocast dtype."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA, then MPS, then CPU; or the device named."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda" and dist.is_initialized():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. ``auto``: bf16 where native, fp16 on older GPUs."""
+    if name == "fp32":
+        return None
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and cpu_has_bf16():
+            return torch.bfloat16
+        log.info("no native bf16 on %s: running in fp32", device.type)
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """A fresh autocast context for ``dtype``, or a no-op for fp32."""
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format

@@ -1,0 +1,108 @@
+"""What differs between the two networks: model, data, targets, loss and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from steelflow.dataset import SteelDataset, split_ids
+from steelflow.io import CLASSES
+from steelflow.losses import bce_dice_loss
+from steelflow.masks import MaskCache
+from steelflow.metrics import dice, f1_score, roc_auc
+from steelflow.models import build_classifier, build_unet
+
+
+class Task:
+    """A network's config section and its train and validation sets."""
+
+    name: str
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.cfg = config[self.name]
+
+    def train_crop(self) -> dict:
+        """Crop settings of the training set (none: full images)."""
+        return {}
+
+    def datasets(
+        self, images: Path, cache: MaskCache, split: Path
+    ) -> tuple[SteelDataset, SteelDataset]:
+        train_ids, val_ids = split_ids(split, self.config["split"]["val_fold"])
+        common = {"scale": self.cfg["scale"], "seed": self.config["seed"]}
+        train = SteelDataset(
+            images, cache, train_ids, augment=self.config["augment"], **self.train_crop(), **common
+        )
+        return train, SteelDataset(images, cache, val_ids, **common)
+
+
+class ClassifierTask(Task):
+    """Stage 1: one defect logit per image (binary head) or one per class (multilabel)."""
+
+    name = "classifier"
+
+    def model(self) -> torch.nn.Module:
+        return build_classifier(self.cfg)
+
+    def target(self, masks: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+        return flags.amax(dim=1, keepdim=True) if self.cfg["head"] == "binary" else flags
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), target)
+
+    def evidence(self, logits, target, flags) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image: the highest defect probability, and whether it has a defect."""
+        return torch.sigmoid(logits.float()).amax(dim=1), flags.amax(dim=1)
+
+    def metrics(self, scores: np.ndarray, labels: np.ndarray) -> dict:
+        """AUC and F1 at 0.5 of 'any defect'; ``score`` (the AUC) picks the best checkpoint."""
+        labels = labels.astype(bool)
+        auc = roc_auc(scores, labels)
+        return {"score": auc, "auc": auc, "f1": f1_score(scores > 0.5, labels)}
+
+
+class UNetTask(Task):
+    """Stage 2: a mask per class."""
+
+    name = "unet"
+
+    def model(self) -> torch.nn.Module:
+        return build_unet(self.cfg)
+
+    def train_crop(self) -> dict:
+        crop = self.cfg["crop_width"]
+        return {
+            "crop_width": int(crop * self.cfg["scale"]) if crop else None,
+            "defect_crop_prob": self.cfg["defect_crop_prob"],
+        }
+
+    def target(self, masks: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+        return masks
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.cfg["loss"] == "bce":
+            return F.binary_cross_entropy_with_logits(logits.float(), target)
+        return bce_dice_loss(logits, target, self.cfg["bce_weight"])
+
+    def evidence(self, logits, target, flags) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per (image, class): overlap, predicted and true areas at threshold 0.5, (N, 3, C)."""
+        pred, truth = logits > 0, target > 0.5
+        counts = [(pred & truth), pred, truth]
+        return torch.stack([c.sum(dim=(-2, -1)) for c in counts], dim=1), flags
+
+    def metrics(self, counts: np.ndarray, flags: np.ndarray) -> dict:
+        """Mean pair Dice (``score``) and the mean Dice on each class's defect pairs."""
+        pair = dice(counts[:, 0], counts[:, 1], counts[:, 2])  # (N, C)
+        present = flags.astype(bool)
+        row = {"score": float(pair.mean())}
+        for k, cls in enumerate(CLASSES):
+            defect = pair[present[:, k], k]
+            row[f"dice_defect_{cls}"] = float(defect.mean()) if defect.size else float("nan")
+        return row
+
+
+TASKS = {task.name: task for task in (ClassifierTask, UNetTask)}

@@ -1,0 +1,56 @@
+"""Atomic outputs: a reader never sees a half-written file or a missing folder."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from steelflow.atomic import atomic_dir, atomic_path
+
+
+def test_a_replaced_folder_is_always_there_complete(tmp_path):
+    """While a folder of 200 files is replaced again and again, a reader polling it
+    always finds a complete folder: the old one or the new one, never none."""
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        (tmp / "complete").write_text("0")
+    seen, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            seen.append((target / "complete").is_file())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for version in range(1, 30):
+            with atomic_dir(target) as tmp:
+                for i in range(200):
+                    (tmp / f"part{i}").write_text("x" * 100)
+                (tmp / "complete").write_text(str(version))
+    finally:
+        stop.set()
+        thread.join()
+    assert len(seen) > 100 and all(seen), f"{seen.count(False)} of {len(seen)} reads found none"
+    assert (target / "complete").read_text() == "29"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left behind
+
+
+def test_a_failure_leaves_the_old_folder_and_no_temporary(tmp_path):
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "a").write_text("new")
+        raise RuntimeError("stage failed")
+    assert (target / "a").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_file_appears_only_when_complete(tmp_path):
+    target = tmp_path / "f.txt"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    assert not target.exists() and list(tmp_path.iterdir()) == []

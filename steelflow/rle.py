@@ -20,24 +20,7 @@ _OK, _ODD, _TOKEN, _TOO_LARGE, _START, _LENGTH, _PAST_END, _ORDER = range(8)
 _MAX_DIGITS = 15  # far beyond any image, far below int64 overflow
 
 
-@njit(cache=True, nogil=True)
-def _number(text, i):
-    """The decimal number starting at ``text[i]`` and the index after it; the number is
-    -1 when a character is neither a digit nor a space, -2 when it has too many digits."""
-    n, at, value = text.size, i, 0
-    while i < n:
-        digit = np.int64(text[i]) - 48
-        if 0 <= digit <= 9:
-            value = value * 10 + digit
-            i += 1
-        elif text[i] == 32 or 9 <= text[i] <= 13:
-            break
-        else:
-            return -1, i
-    return (-2 if i - at > _MAX_DIGITS else value), i
-
-
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _close_span(flat, spans, k, prev_end, height):
     """Zero the rest of the column the last run ended in and record the span's stop."""
     stop = (prev_end - 1) // height + 1
@@ -48,31 +31,31 @@ def _close_span(flat, spans, k, prev_end, height):
 
 @njit(cache=True, nogil=True)
 def _decode_into(text, flat, height):
-    """Parse ``text`` (ASCII bytes) and write its runs into ``flat``.
-
-    ``flat`` is the column-major image, uninitialised: only the columns the runs
-    touch are written (ones on runs, zeros between). Returns (code, token offset,
-    start, length, spans); code 0 means success and ``spans`` holds the written
-    column ranges as [first0, stop0, first1, stop1, ...].
-    """
-    n = text.size
-    limit = flat.size
+    """Parse ``text`` (ASCII bytes) into the uninitialised column-major ``flat``, writing
+    only the columns the runs touch. Returns (code, token offset, start, length, spans):
+    code 0 is success, ``spans`` the written column ranges [first0, stop0, first1, ...]."""
+    n, limit = text.size, flat.size
     spans = np.empty(2 * (n // 4 + 1), np.int64)
-    k = 0  # odd while a span is open
-    i = 0
-    have_start = False
-    start = 0
-    start_at = 0
+    k, i = 0, 0  # k is odd while a span is open
+    have_start, start, start_at = False, 0, 0
     prev_end = 0  # one past the last pixel of the previous run (0-indexed)
     while True:
         while i < n and (text[i] == 32 or 9 <= text[i] <= 13):
             i += 1
         if i == n:
             break
-        token_at = i
-        value, i = _number(text, i)
-        if value < 0:
-            return (_TOKEN if value == -1 else _TOO_LARGE), token_at, 0, 0, spans[:0]
+        token_at, value = i, 0
+        while i < n:
+            digit = np.int64(text[i]) - 48
+            if 0 <= digit <= 9:
+                value = value * 10 + digit
+                i += 1
+            elif text[i] == 32 or 9 <= text[i] <= 13:
+                break
+            else:
+                return _TOKEN, token_at, 0, 0, spans[:0]
+        if i - token_at > _MAX_DIGITS:
+            return _TOO_LARGE, token_at, 0, 0, spans[:0]
         if not have_start:
             start = value
             start_at = token_at

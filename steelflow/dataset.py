@@ -42,9 +42,14 @@ def read_gray(path: Path, scale: float) -> np.ndarray:
     return decode_gray(np.fromfile(path, np.uint8), scale, path)
 
 
+def normalise(gray: torch.Tensor) -> torch.Tensor:
+    """uint8 gray levels to the networks' float input, (x / 255 - MEAN) / STD."""
+    return (gray.float() / 255 - MEAN) / STD
+
+
 def to_tensor(gray: np.ndarray) -> torch.Tensor:
     """uint8 (H, W) to a normalised float (1, H, W) tensor."""
-    return torch.from_numpy((gray.astype(np.float32) / 255 - MEAN) / STD)[None]
+    return normalise(torch.from_numpy(np.ascontiguousarray(gray)))[None]
 
 
 def split_ids(split_csv: Path, val_fold: int) -> tuple[list[str], list[str]]:

@@ -13,7 +13,7 @@ from steelflow import rle
 from steelflow.atomic import write_json
 from steelflow.io import CLASSES
 from steelflow.masks import SLOTS, MaskCache
-from steelflow.report import CLASS_COLORS, outline, save
+from steelflow.report import class_colour, outline, save
 
 H, W = rle.SHAPE
 
@@ -55,15 +55,11 @@ def statistics(cache: MaskCache, areas: pd.DataFrame) -> dict:
     }
 
 
-def _colour(cls: int) -> tuple[float, float, float]:
-    return tuple(v / 255 for v in CLASS_COLORS[cls])
-
-
 def plot_class_balance(stats: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     labels = ["clean"] + [f"class {c}" for c in CLASSES]
     counts = [stats["clean"]] + [stats["images_per_class"][str(c)] for c in CLASSES]
-    bars = ax.bar(labels, counts, color=[(0.6, 0.6, 0.6)] + [_colour(c) for c in CLASSES])
+    bars = ax.bar(labels, counts, color=[(0.6, 0.6, 0.6)] + [class_colour(c) for c in CLASSES])
     ax.bar_label(bars)
     ax.margins(y=0.15)
     ax.set_ylabel("images")
@@ -88,7 +84,7 @@ def plot_mask_areas(areas: pd.DataFrame, path: Path) -> None:
     bins = np.logspace(1, np.log10(H * W), 40)
     for ax, cls in zip(axes, CLASSES, strict=True):
         values = areas.area[areas.ClassId == cls]
-        ax.hist(values, bins=bins, color=_colour(cls))
+        ax.hist(values, bins=bins, color=class_colour(cls))
         ax.set_xscale("log")
         ax.set_title(f"class {cls}: {len(values)} masks")
         ax.set_xlabel("mask area (pixels)")
@@ -117,7 +113,7 @@ def plot_examples(
             if gray is None:
                 raise ValueError(f"{images_dir / image}: not a readable image")
             ax.imshow(outline(gray, cache[image], thickness=3))
-            ax.set_title(f"class {cls}: {image}", fontsize=9, color=_colour(cls))
+            ax.set_title(f"class {cls}: {image}", fontsize=9, color=class_colour(cls))
     save(fig, path)
 
 

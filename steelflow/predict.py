@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from steelflow import checkpoint, rle
-from steelflow.dataset import MEAN, STD, decode_gray
+from steelflow.dataset import decode_gray, normalise
 from steelflow.device import autocast, memory_format, pick_device, pick_precision
 from steelflow.io import CLASSES
 from steelflow.models import build_classifier, build_unet
@@ -121,7 +121,7 @@ class Predictor:
 
     def prepare(self, grays: list[np.ndarray]) -> torch.Tensor:
         """A normalised (N, 1, h, w) batch on the device."""
-        x = (torch.from_numpy(np.stack(grays)).float()[:, None] / 255 - MEAN) / STD
+        x = normalise(torch.from_numpy(np.stack(grays)))[:, None]
         return x.to(self.device).contiguous(memory_format=self.memory)
 
     def forward(self, model, x: torch.Tensor) -> torch.Tensor:
@@ -238,7 +238,7 @@ def predict_folder(predictor: Predictor, th: Thresholds, folder: Path, out: Path
     import pandas as pd
 
     from steelflow.atomic import atomic_dir
-    from steelflow.report import outline
+    from steelflow.report import save_overlay
 
     files = list_user_images(folder)
     pending = {}  # full-size images of the batch in flight, for overlays and resizing back
@@ -260,8 +260,7 @@ def predict_folder(predictor: Predictor, th: Thresholds, folder: Path, out: Path
                 )
             texts = rle.encode_many(mask)
             rows += [(f"{name}_{c}", text) for c, text in zip(CLASSES, texts, strict=True)]
-            overlay = cv2.cvtColor(outline(gray, mask), cv2.COLOR_RGB2BGR)
-            cv2.imwrite(str(tmp / f"{Path(name).stem}.png"), overlay)
+            save_overlay(tmp / f"{Path(name).stem}.png", gray, mask)
         table = pd.DataFrame(rows, columns=["ImageId_ClassId", "EncodedPixels"])
         table.to_csv(tmp / "predictions.csv", index=False)
     return table

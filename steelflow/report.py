@@ -18,6 +18,11 @@ from steelflow.atomic import atomic_path  # noqa: E402
 CLASS_COLORS = {1: (230, 60, 200), 2: (60, 200, 60), 3: (0, 200, 255), 4: (255, 200, 0)}
 
 
+def class_colour(cls: int) -> tuple[float, float, float]:
+    """A class's colour as matplotlib wants it (RGB in 0-1)."""
+    return tuple(v / 255 for v in CLASS_COLORS[cls])
+
+
 def outline(gray: np.ndarray, masks: np.ndarray, thickness: int = 2) -> np.ndarray:
     """An RGB copy of ``gray`` (H, W) with each class mask of ``masks`` (4, H, W) outlined."""
     rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
@@ -27,6 +32,11 @@ def outline(gray: np.ndarray, masks: np.ndarray, thickness: int = 2) -> np.ndarr
         )
         cv2.drawContours(rgb, contours, -1, CLASS_COLORS[k + 1], thickness)
     return rgb
+
+
+def save_overlay(path, gray: np.ndarray, masks: np.ndarray) -> None:
+    """Write ``gray`` with ``masks`` outlined (``outline``) as a PNG file."""
+    cv2.imwrite(str(path), cv2.cvtColor(outline(gray, masks), cv2.COLOR_RGB2BGR))
 
 
 def save(fig: plt.Figure, path) -> None:

@@ -20,7 +20,7 @@ from steelflow.io import CLASSES
 from steelflow.masks import MaskCache
 from steelflow.metrics import dice
 from steelflow.predict import Predictor
-from steelflow.report import CLASS_COLORS, save
+from steelflow.report import class_colour, save
 
 
 @dataclass
@@ -158,7 +158,7 @@ def plot_search(ev: Evidence, cfg: dict, result: dict, path: Path) -> None:
         state = "on" if chosen["enabled"] else "off"
         ax.set_title(
             f"class {cls}: {state}, {chosen['support']} val images with it",
-            color=tuple(v / 255 for v in CLASS_COLORS[cls]),
+            color=class_colour(cls),
             fontsize=10,
         )
         ax.set_xlabel("pixel threshold")

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from steelflow.masks import MaskCache
 
@@ -147,3 +147,32 @@ class SteelDataset(Dataset):
             shift = 255 * rng.uniform(-aug["brightness"], aug["brightness"])
             gray = np.clip(gray.astype(np.float32) * gain + shift, 0, 255).astype(np.uint8)
         return gray, masks
+
+
+class BalancedSampler(Sampler[int]):
+    """An epoch of training indices in which each class, and clean images, come up equally
+    often: a group (class 1-4 or clean) is drawn uniformly, then an image of that group.
+
+    Rare classes (class 2 is in 2% of the real images) are then seen as often as
+    common ones. Draws depend only on (seed, epoch, rank); under torchrun each
+    process draws its own share of the epoch.
+    """
+
+    def __init__(self, flags: torch.Tensor, seed: int, rank: int = 0, world: int = 1):
+        has = flags.bool().numpy()
+        groups = [np.flatnonzero(has[:, k]) for k in range(has.shape[1])]
+        groups.append(np.flatnonzero(~has.any(axis=1)))
+        self.groups = [g for g in groups if g.size]
+        self.seed, self.rank, self.epoch = seed, rank, 0
+        self.size = -(-len(has) // world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank])
+        picks = rng.integers(0, len(self.groups), self.size)
+        return iter(int(rng.choice(self.groups[g])) for g in picks)

@@ -1,8 +1,13 @@
-"""The two networks: a ResNet defect classifier and a U-Net with a ResNet encoder.
+"""The two networks on any torchvision backbone: a defect classifier and a segmenter.
 
-Both take one gray channel. ``pretrained: imagenet`` loads torchvision's
-weights from a given file, the torch hub cache or the network (with a timeout),
-and their RGB first layer is summed into one channel.
+An encoder is a torchvision classification network cut into its feature maps
+at strides 2 to 32 (``torchvision.models.feature_extraction``): ResNet,
+ResNeXt, EfficientNet, MobileNetV3, RegNet and ConvNeXt all work the same way.
+Both networks take one gray channel. ``pretrained: imagenet`` loads
+torchvision's weights from a given file, the torch hub cache or the network
+(with a timeout), and the RGB first layer is summed into one channel.
+The segmenter has a U-Net decoder (skip connections, down to ``output_stride``)
+or an FPN decoder (a top-down pyramid merged at stride 4).
 """
 
 from __future__ import annotations
@@ -15,14 +20,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision import models
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from steelflow.io import CLASSES
 
 log = logging.getLogger(__name__)
 
-ARCHS = {
-    "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V2),
-}
+ENCODERS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnext50_32x4d",
+    "efficientnet_b0",
+    "efficientnet_b2",
+    "mobilenet_v3_large",
+    "regnet_y_400mf",
+    "regnet_y_800mf",
+    "convnext_tiny",
+)
 DOWNLOAD_TIMEOUT_S = 30
 
 
@@ -31,7 +46,7 @@ class WeightsError(ValueError):
 
 
 def _imagenet_state(arch: str, weights_path: str | None) -> dict[str, torch.Tensor]:
-    weights = ARCHS[arch][1]
+    weights = models.get_model_weights(arch).DEFAULT
     if weights_path:
         path = Path(weights_path)
         if not path.is_file():
@@ -52,11 +67,33 @@ def _imagenet_state(arch: str, weights_path: str | None) -> dict[str, torch.Tens
         socket.setdefaulttimeout(previous)
 
 
-def resnet(
+def _one_channel(net: nn.Module) -> None:
+    """Replace the first 3-channel convolution by a 1-channel one, summing its weights."""
+    for parent in net.modules():
+        for name, conv in parent.named_children():
+            if isinstance(conv, nn.Conv2d) and conv.in_channels == 3:
+                gray = nn.Conv2d(
+                    1,
+                    conv.out_channels,
+                    conv.kernel_size,
+                    conv.stride,
+                    conv.padding,
+                    bias=conv.bias is not None,
+                )
+                with torch.no_grad():
+                    gray.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+                    if conv.bias is not None:
+                        gray.bias.copy_(conv.bias)
+                setattr(parent, name, gray)
+                return
+    raise ValueError(f"{type(net).__name__} has no 3-channel convolution to adapt")
+
+
+def backbone(
     arch: str, pretrained: str, weights_path: str | None, fallback_random: bool
 ) -> nn.Module:
-    """A torchvision ResNet with a one-channel first layer, random or ImageNet weights."""
-    net = ARCHS[arch][0](weights=None)
+    """A torchvision classification network with a one-channel input, random or ImageNet."""
+    net = models.get_model(arch, weights=None)
     if pretrained == "imagenet":
         try:
             net.load_state_dict(_imagenet_state(arch, weights_path))
@@ -64,99 +101,153 @@ def resnet(
             if not fallback_random:
                 raise
             log.warning("%s; falling back to random weights (fallback_random: true)", e)
-    rgb = net.conv1.weight.detach()
-    net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    with torch.no_grad():
-        net.conv1.weight.copy_(rgb.sum(dim=1, keepdim=True))
+    _one_channel(net)
     return net
 
 
-class Classifier(nn.Module):
-    """ResNet with one logit (defect or not) or four (one per class).
+def _stages(net: nn.Module) -> list[str]:
+    """The backbone's stage outputs in order, by the layout of its family."""
+    if hasattr(net, "layer4"):  # ResNet, ResNeXt
+        return ["relu", "layer1", "layer2", "layer3", "layer4"]
+    if hasattr(net, "trunk_output"):  # RegNet
+        return ["stem", *(f"trunk_output.{n}" for n, _ in net.trunk_output.named_children())]
+    if hasattr(net, "features"):  # EfficientNet, MobileNetV3, ConvNeXt
+        return [f"features.{i}" for i in range(len(net.features))]
+    raise ValueError(f"{type(net).__name__}: no known stage layout")
 
-    Features are max-pooled, not averaged: a defect is a small part of a long
-    image, and averaging over the whole strip washes it out (a from-scratch
-    average-pooled ResNet18 stayed at chance in the CPU budget here).
+
+class Encoder(nn.Module):
+    """A backbone's feature maps, the last one at each stride (2, 4, ..., 32), finest first."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        probe = create_feature_extractor(net, _stages(net)).eval()
+        with torch.no_grad():
+            shapes = {k: v.shape for k, v in probe(torch.zeros(1, 1, 64, 64)).items()}
+        last = {64 // shape[-1]: node for node, shape in shapes.items()}  # stride -> node
+        self.strides = sorted(s for s in last if s >= 2)
+        nodes = [last[s] for s in self.strides]
+        self.channels = [shapes[n][1] for n in nodes]
+        self.body = create_feature_extractor(net, nodes)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.body(x).values())
+
+
+class Classifier(nn.Module):
+    """An encoder with one logit (defect or not) or four (one per class).
+
+    The deepest features are max-pooled, not averaged: a defect is a small part
+    of a long image, and averaging over the whole strip washes it out (a
+    from-scratch average-pooled ResNet18 stayed at chance in the CPU budget).
     """
 
-    def __init__(self, backbone: nn.Module, outputs: int):
+    def __init__(self, encoder: Encoder, outputs: int):
         super().__init__()
-        backbone.avgpool = nn.AdaptiveMaxPool2d(1)
-        backbone.fc = nn.Linear(backbone.fc.in_features, outputs)
-        self.net = backbone
+        self.encoder = encoder
+        self.fc = nn.Linear(encoder.channels[-1], outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.fc(torch.amax(self.encoder(x)[-1], dim=(-2, -1)))
+
+
+def _conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class _Up(nn.Module):
-    """Upsample to the skip's size, concatenate, two 3x3 convolutions."""
+    """Upsample 2x (to the skip's size), concatenate the skip if any, two 3x3 convolutions."""
 
     def __init__(self, channels: int, skip: int, out: int):
         super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(channels + skip, out, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out, out, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out),
-            nn.ReLU(inplace=True),
-        )
+        self.conv = nn.Sequential(_conv(channels + skip, out), _conv(out, out))
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
-        return self.conv(torch.cat([x, skip], dim=1))
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        size = skip.shape[-2:] if skip is not None else [2 * n for n in x.shape[-2:]]
+        x = F.interpolate(x, size=size, mode="nearest")
+        return self.conv(x if skip is None else torch.cat([x, skip], dim=1))
 
 
 class UNet(nn.Module):
-    """U-Net: the ResNet's stages as the contracting path, a decoder with skip
-    connections as the expanding path, four logits per pixel (one per class).
+    """U-Net: the encoder as the contracting path, a decoder with skip connections as
+    the expanding path, one logit per class and pixel.
 
-    The decoder stops at half resolution and the logits are upsampled
-    bilinearly: a full-resolution block cost a third of the training time on
-    CPU for no visible gain on masks drawn as loose polygons. Any input size
-    works; the output has the input's size.
+    The decoder has ``width * stride / 2`` channels at each stride and stops at
+    ``output_stride`` (1 = the input's resolution; below the encoder's finest
+    stride without skips); the logits are upsampled bilinearly to the input size.
     """
 
-    def __init__(self, backbone: nn.Module, classes: int = 4):
+    def __init__(self, encoder: Encoder, width: int = 32, output_stride: int = 2):
         super().__init__()
-        self.stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu)  # 1/2
-        self.pool = backbone.maxpool
-        self.stages = nn.ModuleList(
-            [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
-        )  # 1/4 ... 1/32
-        widths = [64] + [_out_channels(stage) for stage in self.stages]
-        decoder = [256, 128, 64, 32]
-        ins = [widths[4]] + decoder[:-1]
-        skips = widths[3::-1]  # 1/16, 1/8, 1/4, 1/2
-        self.ups = nn.ModuleList(_Up(c, s, o) for c, s, o in zip(ins, skips, decoder, strict=True))
-        self.head = nn.Conv2d(decoder[-1], classes, kernel_size=1)
+        self.encoder = encoder
+        strides, channels = encoder.strides, encoder.channels
+        ups, current = [], channels[-1]
+        for stride in [s for s in (16, 8, 4, 2, 1) if s >= output_stride]:
+            skip = channels[strides.index(stride)] if stride in strides else 0
+            out = max(8, width * stride // 2)
+            ups.append(_Up(current, skip, out))
+            current = out
+        self.skips = [stride in strides for stride in (16, 8, 4, 2, 1) if stride >= output_stride]
+        self.ups = nn.ModuleList(ups)
+        self.head = nn.Conv2d(current, len(CLASSES), kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = [self.stem(x)]
-        y = self.pool(features[0])
-        for stage in self.stages:
-            y = stage(y)
-            features.append(y)
-        y = features.pop()  # 1/32
-        for up in self.ups:
-            skip = features.pop()
-            y = up(y, skip)
+        features = self.encoder(x)
+        y = features.pop()  # stride 32
+        for up, has_skip in zip(self.ups, self.skips, strict=True):
+            y = up(y, features.pop() if has_skip else None)
         return F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _out_channels(stage: nn.Sequential) -> int:
-    last = stage[-1]
-    return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+class FPN(nn.Module):
+    """Feature pyramid decoder: 1x1 laterals at strides 4-32, a top-down sum, each level
+    smoothed and brought to stride 4, summed; logits upsampled bilinearly."""
+
+    def __init__(self, encoder: Encoder, width: int = 32):
+        super().__init__()
+        self.encoder = encoder
+        self.levels = [i for i, s in enumerate(encoder.strides) if s >= 4]
+        pyramid = 4 * width
+        self.laterals = nn.ModuleList(
+            nn.Conv2d(encoder.channels[i], pyramid, 1) for i in self.levels
+        )
+        self.smooth = nn.ModuleList(_conv(pyramid, 2 * width) for _ in self.levels)
+        self.head = nn.Sequential(
+            _conv(2 * width, 2 * width), nn.Conv2d(2 * width, len(CLASSES), 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(x)
+        laterals = [
+            lateral(features[i]) for lateral, i in zip(self.laterals, self.levels, strict=True)
+        ]
+        for k in range(len(laterals) - 1, 0, -1):  # top-down: coarse into fine
+            up = F.interpolate(laterals[k], size=laterals[k - 1].shape[-2:], mode="nearest")
+            laterals[k - 1] = laterals[k - 1] + up
+        size = laterals[0].shape[-2:]
+        merged = sum(
+            F.interpolate(smooth(p), size=size, mode="bilinear", align_corners=False)
+            for smooth, p in zip(self.smooth, laterals, strict=True)
+        )
+        return F.interpolate(
+            self.head(merged), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
+
+
+def _encoder(cfg: dict) -> Encoder:
+    net = backbone(cfg["arch"], cfg["pretrained"], cfg["weights_path"], cfg["fallback_random"])
+    return Encoder(net)
 
 
 def build_classifier(cfg: dict) -> Classifier:
     """The classifier of config section ``classifier``."""
-    outputs = 1 if cfg["head"] == "binary" else 4
-    backbone = resnet(cfg["arch"], cfg["pretrained"], cfg["weights_path"], cfg["fallback_random"])
-    return Classifier(backbone, outputs)
+    return Classifier(_encoder(cfg), 1 if cfg["head"] == "binary" else len(CLASSES))
 
 
-def build_unet(cfg: dict) -> UNet:
-    """The U-Net of config section ``unet``."""
-    return UNet(resnet(cfg["arch"], cfg["pretrained"], cfg["weights_path"], cfg["fallback_random"]))
+def build_unet(cfg: dict) -> nn.Module:
+    """The segmenter of config section ``unet``: U-Net or FPN decoder on the encoder."""
+    if cfg["decoder"] == "fpn":
+        return FPN(_encoder(cfg), cfg["decoder_width"])
+    return UNet(_encoder(cfg), cfg["decoder_width"], cfg["output_stride"])

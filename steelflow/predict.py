@@ -38,8 +38,14 @@ def load_network(path: Path, task: str, device: torch.device):
     state = checkpoint.load(path, task)
     build = build_unet if task == "unet" else build_classifier
     cfg = {**state["config"], "pretrained": "none"}  # the weights come from the checkpoint
-    model = build(cfg)
-    model.load_state_dict(state["model"])
+    try:
+        model = build(cfg)
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise checkpoint.CheckpointError(
+            f"{path}: its weights do not fit the network its config describes (a checkpoint "
+            f"of another steelflow version?): {str(e).splitlines()[0]}"
+        ) from None
     return model.to(device).eval(), state["config"]
 
 

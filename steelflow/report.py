@@ -48,7 +48,7 @@ def save(fig: plt.Figure, path) -> None:
 
 def plot_history(history: pd.DataFrame, name: str, path) -> None:
     """Training curves: losses, and the validation metrics, per epoch."""
-    metrics = [c for c in history.columns if c.startswith(("auc", "f1", "dice", "score"))]
+    metrics = [c for c in history.columns if c.startswith(("auc", "f1", "dice", "pair", "score"))]
     if "auc" in metrics:  # the classifier's score is its AUC: draw it once
         metrics.remove("score")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))

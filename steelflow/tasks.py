@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Sampler
 
-from steelflow.dataset import SteelDataset, split_ids
+from steelflow.dataset import BalancedSampler, SteelDataset, split_ids
 from steelflow.io import CLASSES
 from steelflow.losses import bce_dice_loss
 from steelflow.masks import MaskCache
@@ -28,6 +29,10 @@ class Task:
     def train_crop(self) -> dict:
         """Crop settings of the training set (none: full images)."""
         return {}
+
+    def train_sampler(self, train: SteelDataset, rank: int, world: int) -> Sampler | None:
+        """The order of training images; None: a plain shuffle (or torchrun's sampler)."""
+        return None
 
     def datasets(
         self, images: Path, cache: MaskCache, split: Path
@@ -80,6 +85,11 @@ class UNetTask(Task):
             "defect_crop_prob": self.cfg["defect_crop_prob"],
         }
 
+    def train_sampler(self, train: SteelDataset, rank: int, world: int) -> Sampler | None:
+        if self.cfg["sampler"] == "balanced":
+            return BalancedSampler(train.flags, self.config["seed"], rank, world)
+        return None
+
     def target(self, masks: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
         return masks
 
@@ -95,14 +105,19 @@ class UNetTask(Task):
         return torch.stack([c.sum(dim=(-2, -1)) for c in counts], dim=1), flags
 
     def metrics(self, counts: np.ndarray, flags: np.ndarray) -> dict:
-        """Mean pair Dice (``score``) and the mean Dice on each class's defect pairs."""
+        """The mean Dice on each class's defect pairs, their mean over the classes
+        (``score``: unlike the mean over all pairs, it does not swing with the many
+        empty ones) and the mean pair Dice (``pair_dice``)."""
         pair = dice(counts[:, 0], counts[:, 1], counts[:, 2])  # (N, C)
         present = flags.astype(bool)
-        row = {"score": float(pair.mean())}
-        for k, cls in enumerate(CLASSES):
-            defect = pair[present[:, k], k]
-            row[f"dice_defect_{cls}"] = float(defect.mean()) if defect.size else float("nan")
-        return row
+        per_class = {
+            f"dice_defect_{cls}": float(pair[present[:, k], k].mean())
+            if present[:, k].any()
+            else float("nan")
+            for k, cls in enumerate(CLASSES)
+        }
+        score = float(np.nanmean(list(per_class.values()))) if present.any() else 0.0
+        return {"score": score, "pair_dice": float(pair.mean()), **per_class}
 
 
 TASKS = {task.name: task for task in (ClassifierTask, UNetTask)}

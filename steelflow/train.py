@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -46,11 +47,12 @@ class Progress:
 class Step:
     """One optimisation step: forward in the autocast dtype, loss in fp32, backward, Adam.
 
-    Raises TrainingError on a non-finite loss; fp16 goes through a GradScaler.
+    Raises TrainingError on a non-finite loss; fp16 goes through a GradScaler; ``ema``
+    (an AveragedModel) follows the weights after each step.
     """
 
-    def __init__(self, net, task: Task, optimizer, device, dtype, fmt):
-        self.net, self.task, self.optimizer = net, task, optimizer
+    def __init__(self, net, task: Task, optimizer, device, dtype, fmt, ema=None):
+        self.net, self.task, self.optimizer, self.ema = net, task, optimizer, ema
         self.device, self.dtype, self.fmt = device, dtype, fmt
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
@@ -66,6 +68,8 @@ class Step:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema:
+            self.ema.update_parameters(self.net)
         return loss.item()
 
 
@@ -73,7 +77,10 @@ def make_loaders(task: Task, images: Path, masks: Path, split: Path, device: tor
     """Train and validation loaders; the train order depends only on (seed, epoch)."""
     config, cfg = task.config, task.cfg
     train_set, val_set = task.datasets(images, MaskCache(masks), split)
-    sampler = DistributedSampler(train_set, seed=config["seed"]) if distributed.launched() else None
+    rank, world = distributed.rank_and_world()
+    sampler = task.train_sampler(train_set, rank, world)
+    if sampler is None and world > 1:
+        sampler = DistributedSampler(train_set, seed=config["seed"])
     workers = config["train"]["workers"]
     common = {
         "batch_size": cfg["batch_size"],
@@ -92,7 +99,7 @@ def make_loaders(task: Task, images: Path, masks: Path, split: Path, device: tor
     return train_loader, DataLoader(val_set, **common)
 
 
-def resume_state(last: Path, best_file: Path, model, optimizer, schedule, task: Task, device):
+def resume_state(last: Path, best_file: Path, parts: dict, task: Task, device):
     """The progress saved in ``last`` when it was trained with the same config, else a fresh one."""
     try:
         state = checkpoint.load(last, task.name, device)
@@ -102,10 +109,9 @@ def resume_state(last: Path, best_file: Path, model, optimizer, schedule, task: 
     if state["config"] != task.cfg:
         log.info("%s has another config: training %s from scratch", last, task.name)
         return Progress()
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if schedule:
-        schedule.load_state_dict(state["schedule"])
+    for name, part in parts.items():  # model, optimizer, schedule, ema
+        if part is not None:
+            part.load_state_dict(state["weights" if name == "model" else name])
     # the best file went with an interrupted run: the next epoch saves anew
     best = state["best"] if best_file.is_file() else -np.inf
     log.info("resuming %s from epoch %d of %d", task.name, state["epoch"], task.cfg["epochs"])
@@ -117,7 +123,7 @@ def train_one_epoch(step: Step, loader: DataLoader, epoch: int) -> tuple[float, 
     task, cfg = step.task, step.task.cfg
     loader.generator.manual_seed(task.config["seed"] + epoch)  # the same shuffle after a resume
     loader.dataset.set_epoch(epoch)
-    if isinstance(loader.sampler, DistributedSampler):
+    if hasattr(loader.sampler, "set_epoch"):  # torchrun's or the balanced sampler
         loader.sampler.set_epoch(epoch)
     step.net.train()
     began, losses = time.perf_counter(), []
@@ -156,12 +162,14 @@ def evaluate(model, loader: DataLoader, task: Task, device, dtype, fmt) -> dict:
     return {"val_loss": loss / len(loader.dataset), **task.metrics(*columns)}
 
 
-def save_epoch(
-    paths: dict, model, optimizer, schedule, task: Task, progress: Progress, metrics: dict
-) -> None:
-    """After an epoch: the best checkpoint if it improved, the last one, history and curves."""
+def save_epoch(paths: dict, parts: dict, task: Task, progress: Progress, metrics: dict) -> None:
+    """After an epoch: the best checkpoint if it improved, the last one, history and curves.
+
+    Checkpoints hold the weights that were validated (the EMA's, when there is one).
+    """
+    validated = parts["ema"].module if parts["ema"] else parts["model"]
     state = {
-        "model": model.state_dict(),
+        "model": validated.state_dict(),
         "config": task.cfg,
         "epoch": progress.epoch,
         "metrics": metrics,
@@ -171,9 +179,10 @@ def save_epoch(
     if metrics["score"] > progress.best or not np.isfinite(progress.best):
         progress.best = metrics["score"]
         checkpoint.save(paths["out"], state)
-    extra = {"optimizer": optimizer.state_dict(), "history": progress.history}
-    extra |= {"best": progress.best, "schedule": schedule.state_dict() if schedule else {}}
-    checkpoint.save(checkpoint.last_path(paths["out"]), state | extra)
+    resumable = {k: v.state_dict() for k, v in parts.items() if v is not None and k != "model"}
+    resumable |= {"weights": parts["model"].state_dict()}
+    extra = {"history": progress.history, "best": progress.best}
+    checkpoint.save(checkpoint.last_path(paths["out"]), state | resumable | extra)
     history = pd.DataFrame(progress.history)
     with atomic_path(paths["history"]) as tmp:
         history.to_csv(tmp, index=False)
@@ -207,19 +216,25 @@ def run(
         if cfg["schedule"] == "cosine"
         else None
     )
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=True)
+        if cfg["ema_decay"]
+        else None
+    )
+    parts = {"model": model, "optimizer": optimizer, "schedule": schedule, "ema": ema}
     last = checkpoint.last_path(outputs["out"])
     progress = Progress()
     if resume and last.is_file():
-        progress = resume_state(last, outputs["out"], model, optimizer, schedule, task, device)
+        progress = resume_state(last, outputs["out"], parts, task, device)
     train_loader, val_loader = make_loaders(task, images, masks, split, device)
-    step = Step(distributed.wrap(model), task, optimizer, device, dtype, fmt)
+    step = Step(distributed.wrap(model), task, optimizer, device, dtype, fmt, ema)
 
     for epoch in range(progress.epoch, cfg["epochs"]):
         train_loss, seconds = train_one_epoch(step, train_loader, epoch)
         if schedule:
             schedule.step()
         if distributed.is_main():
-            metrics = evaluate(model, val_loader, task, device, dtype, fmt)
+            metrics = evaluate(ema.module if ema else model, val_loader, task, device, dtype, fmt)
             row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics}
             row |= {"lr": optimizer.param_groups[0]["lr"], "train_seconds": seconds}
             row["train_images_per_s"] = len(train_loader.dataset) / seconds
@@ -229,7 +244,7 @@ def run(
                 + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
                 flush=True,
             )
-            save_epoch(outputs, model, optimizer, schedule, task, progress, metrics)
+            save_epoch(outputs, parts, task, progress, metrics)
         distributed.barrier()
     main = distributed.is_main()  # before teardown, after which every process looks like rank 0
     distributed.teardown()

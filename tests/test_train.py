@@ -18,7 +18,7 @@ from steelflow import train
 from steelflow.cli import main
 from steelflow.config import load
 from steelflow.masks import build
-from steelflow.models import WeightsError, build_classifier, build_unet, resnet
+from steelflow.models import WeightsError, backbone, build_classifier, build_unet
 from steelflow.tasks import UNetTask
 from tests.conftest import TEST_CONFIG, fetch_synthetic
 
@@ -128,7 +128,7 @@ def offline_hub(tmp_path, monkeypatch):
 
 def test_pretrained_weights_offline_stop_with_one_line(offline_hub):
     with pytest.raises(WeightsError) as info:
-        resnet("resnet18", "imagenet", None, fallback_random=False)
+        backbone("resnet18", "imagenet", None, fallback_random=False)
     message = str(info.value)
     assert (
         "\n" not in message and "resnet18-f37072fd.pth" in message and "fallback_random" in message
@@ -137,7 +137,7 @@ def test_pretrained_weights_offline_stop_with_one_line(offline_hub):
 
 def test_fallback_to_random_weights_is_logged(offline_hub, caplog):
     with caplog.at_level(logging.WARNING):
-        net = resnet("resnet18", "imagenet", None, fallback_random=True)
+        net = backbone("resnet18", "imagenet", None, fallback_random=True)
     assert "falling back to random weights" in caplog.text and net.conv1.in_channels == 1
 
 
@@ -146,11 +146,11 @@ def test_pretrained_weights_from_a_file_or_the_hub_cache(offline_hub, tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(reference, path)
     expected = reference["conv1.weight"].sum(dim=1, keepdim=True)
-    from_file = resnet("resnet18", "imagenet", str(path), fallback_random=False)
+    from_file = backbone("resnet18", "imagenet", str(path), fallback_random=False)
     assert torch.equal(from_file.conv1.weight, expected)
     (offline_hub / "checkpoints").mkdir(parents=True)
     (offline_hub / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(path.read_bytes())
-    from_cache = resnet("resnet18", "imagenet", None, fallback_random=False)
+    from_cache = backbone("resnet18", "imagenet", None, fallback_random=False)
     assert torch.equal(from_cache.layer4[0].conv1.weight, reference["layer4.0.conv1.weight"])
 
 

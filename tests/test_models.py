@@ -1,0 +1,51 @@
+"""Every listed encoder with both decoders, on a full-size image; the one-channel input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision import models
+
+from steelflow.config import load
+from steelflow.models import ENCODERS, backbone, build_classifier, build_unet
+from tests.conftest import TEST_CONFIG
+
+CONFIG = load(TEST_CONFIG)
+
+
+@pytest.mark.parametrize("arch", ENCODERS)
+def test_each_encoder_builds_both_decoders_and_the_classifier_on_a_full_image(arch):
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 256, 1600)
+    with torch.no_grad():
+        for decoder, stride in (("unet", 2), ("unet", 1), ("fpn", 2)):
+            cfg = {**CONFIG["unet"], "arch": arch, "decoder": decoder, "output_stride": stride}
+            out = build_unet(cfg).eval()(x)
+            assert out.shape == (1, 4, 256, 1600), (decoder, stride)
+            assert torch.isfinite(out).all()
+        classifier = build_classifier({**CONFIG["classifier"], "arch": arch, "head": "multilabel"})
+        assert classifier.eval()(x).shape == (1, 4)
+
+
+def test_the_encoder_takes_its_features_at_strides_2_to_32():
+    unet = build_unet({**CONFIG["unet"], "arch": "regnet_y_400mf"})
+    assert unet.encoder.strides == [2, 4, 8, 16, 32]
+    assert unet.encoder.channels == [32, 48, 104, 208, 440]
+    convnext = build_unet({**CONFIG["unet"], "arch": "convnext_tiny", "output_stride": 1})
+    assert convnext.encoder.strides == [4, 8, 16, 32]  # no stride-2 stage: upsampled without skip
+
+
+def test_the_rgb_first_layer_is_summed_into_one_channel(tmp_path):
+    reference = models.efficientnet_b0(weights=None).state_dict()
+    path = tmp_path / "effb0.pth"
+    torch.save(reference, path)
+    net = backbone("efficientnet_b0", "imagenet", str(path), fallback_random=False)
+    first = net.features[0][0]
+    assert first.in_channels == 1
+    assert torch.equal(first.weight, reference["features.0.0.weight"].sum(dim=1, keepdim=True))
+
+
+def test_a_full_resolution_head_adds_a_decoder_block_at_the_input_size():
+    half = build_unet({**CONFIG["unet"], "output_stride": 2})
+    full = build_unet({**CONFIG["unet"], "output_stride": 1})
+    assert len(full.ups) == len(half.ups) + 1 and full.head.in_channels == 16

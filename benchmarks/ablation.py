@@ -1,9 +1,10 @@
-"""Ablations of the default U-Net: what each change does to the Dice of every class.
+"""Ablations of the default networks: what each change does to every class, and its cost.
 
-Each variant is the default config with a few settings changed; it trains the
-U-Net on the data, masks and split of a default run (`make run` first) and
-records, per epoch, the validation Dice on the defect pairs of each class (at
-threshold 0.5) and the training time. Results are appended to
+Each variant is the default config with a few settings changed; it trains one
+network (the classifier when it changes classifier settings, else the U-Net)
+on the data, masks and split of a default run (`make run` first) and records,
+per epoch, the validation metrics (U-Net: Dice on the defect pairs of each
+class at threshold 0.5; classifier: AUC and F1) and the training time. Results are appended to
 benchmarks/results/ablation.json as each variant finishes, and the table is
 rewritten to ablation.md, so an interrupted run keeps what it measured.
 
@@ -27,68 +28,113 @@ from steelflow.config import load
 
 ROOT = Path(__file__).resolve().parents[1]
 
+LIGHT = {  # a cheaper U-Net: RegNetY-400MF encoder, narrow decoder to full input resolution
+    "unet.sampler": "balanced",
+    "unet.arch": "regnet_y_400mf",
+    "unet.decoder_width": 16,
+    "unet.output_stride": 1,
+}
 VARIANTS = {
     "baseline": {},
     "fp32": {"train.precision": "fp32"},
+    "balanced": {"unet.sampler": "balanced"},
     "stride1": {"unet.output_stride": 1},
-    "width16": {"unet.decoder_width": 16},
-    "regnet400": {"unet.arch": "regnet_y_400mf"},
-    "mobilenet": {"unet.arch": "mobilenet_v3_large"},
-    "effb0": {"unet.arch": "efficientnet_b0"},
-    "fpn": {"unet.decoder": "fpn"},
+    "balanced_stride1": {"unet.sampler": "balanced", "unet.output_stride": 1},
+    "regnet_fpn": {"unet.arch": "regnet_y_400mf", "unet.decoder": "fpn"},
+    "regnet_w16_s1": {
+        "unet.arch": "regnet_y_400mf",
+        "unet.decoder_width": 16,
+        "unet.output_stride": 1,
+    },
+    "balanced_regnet_w16_s1": {
+        "unet.sampler": "balanced",
+        "unet.arch": "regnet_y_400mf",
+        "unet.decoder_width": 16,
+        "unet.output_stride": 1,
+    },
+    "light12": {**LIGHT, "unet.epochs": 12},
+    "light12_weights": {**LIGHT, "unet.epochs": 12, "unet.class_weights": [5, 5, 1, 1]},
+    "light12_focal": {**LIGHT, "unet.epochs": 12, "unet.focal_gamma": 2},
+    "focal": {"unet.focal_gamma": 2},
+    "ema": {"unet.ema_decay": 0.99},
+    "bce": {"unet.loss": "bce"},
+    "only12": {"unet.sampler": "balanced", "unet.class_weights": [1, 1, 0, 0]},
+    "clf_regnet": {"classifier.arch": "regnet_y_400mf"},
+    "clf_mobilenet": {"classifier.arch": "mobilenet_v3_large"},
+    "balanced_r18_w16_s1": {
+        "unet.sampler": "balanced",
+        "unet.decoder_width": 16,
+        "unet.output_stride": 1,
+    },
 }
 
 
+def network_of(overrides: dict) -> str:
+    """The network a variant trains: the classifier when it changes classifier settings."""
+    return "classifier" if any(k.startswith("classifier.") for k in overrides) else "unet"
+
+
+METRICS = {"unet": [f"dice_defect_{c}" for c in (1, 2, 3, 4)], "classifier": ["auc", "f1"]}
+
+
 def run_variant(name: str, overrides: dict, epochs: int | None) -> dict:
-    config = load(
-        ROOT / "config.yaml", {**overrides, **({"unet.epochs": epochs} if epochs else {})}
-    )
+    network = network_of(overrides)
+    extra = {f"{network}.epochs": epochs} if epochs else {}
+    config = load(ROOT / "config.yaml", {**overrides, **extra})
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
         began = time.perf_counter()
         train.run(
-            "unet",
+            network,
             config,
             ROOT / "resources/raw/train_images",
             ROOT / "results/masks",
             ROOT / "results/split.csv",
-            {"out": out / "unet.pt", "history": out / "unet.csv", "curves": out / "unet.png"},
+            {"out": out / "m.pt", "history": out / "m.csv", "curves": out / "m.png"},
         )
         seconds = time.perf_counter() - began
-        history = pd.read_csv(out / "unet.csv")
-    defect = [f"dice_defect_{c}" for c in (1, 2, 3, 4)]
+        history = pd.read_csv(out / "m.csv")
+    metrics = METRICS[network]
     last = history.iloc[-1]
     return {
         "variant": name,
+        "network": network,
         "overrides": overrides,
         "epochs": int(last.epoch),
         "seconds": seconds,
         "train_images_per_s": float(history.train_images_per_s.median()),
-        "last": {k: float(last[k]) for k in ["score", *defect]},
-        "best_of_epochs": {k: float(history[k].max()) for k in defect},
-        "history": {k: history[k].round(4).tolist() for k in ["score", *defect]},
+        "last": {k: float(last[k]) for k in ["score", *metrics]},
+        "best_of_epochs": {k: float(history[k].max()) for k in metrics},
+        "history": {k: history[k].round(4).tolist() for k in ["score", *metrics]},
     }
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        f"U-Net ablations on the default data ({cpu_name()}, torch {torch.__version__}): "
-        "validation Dice on the defect pairs of each class at threshold 0.5, last epoch "
-        "(best epoch in brackets), and training time including validation.",
-        "",
-        "| variant | changes | epochs | seconds | img/s | class 1 | class 2 | class 3 | class 4 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"Ablations on the default data ({cpu_name()}, torch {torch.__version__}), one run "
+        "each: the last epoch's validation metrics (best epoch in brackets) and the "
+        "training time including validation. U-Net: Dice on the defect pairs of each class "
+        "at threshold 0.5. Classifier: AUC and F1 of 'any defect'.",
     ]
-    for r in rows:
-        changes = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "default config"
-        cells = [
-            f"{r['last'][f'dice_defect_{c}']:.3f} ({r['best_of_epochs'][f'dice_defect_{c}']:.3f})"
-            for c in (1, 2, 3, 4)
+    for network, title in (("unet", "U-Net"), ("classifier", "Classifier")):
+        chosen = [r for r in rows if r.get("network", "unet") == network]
+        if not chosen:
+            continue
+        names = METRICS[network]
+        lines += [
+            "",
+            f"**{title}**",
+            "",
+            "| variant | changes | epochs | seconds | img/s | " + " | ".join(names) + " |",
+            "|---|---|---|---|---|" + "---|" * len(names),
         ]
-        lines.append(
-            f"| {r['variant']} | {changes} | {r['epochs']} | {r['seconds']:.0f} | "
-            f"{r['train_images_per_s']:.1f} | " + " | ".join(cells) + " |"
-        )
+        for r in chosen:
+            changes = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "default"
+            cells = [f"{r['last'][k]:.3f} ({r['best_of_epochs'][k]:.3f})" for k in names]
+            lines.append(
+                f"| {r['variant']} | {changes} | {r['epochs']} | {r['seconds']:.0f} | "
+                f"{r['train_images_per_s']:.1f} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 

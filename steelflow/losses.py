@@ -1,4 +1,4 @@
-"""Training losses beyond plain BCE: BCE plus a batch-pooled soft Dice."""
+"""The U-Net's loss: per class, BCE (or focal BCE) plus a batch-pooled soft Dice, weighted."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice per class over the whole batch, averaged over classes.
+    """1 - soft Dice of each class over the whole batch: shape (C,).
 
     Pooling the batch gives a rare class a real gradient whenever one sample
     has it, instead of averaging it away among samples where it is absent.
@@ -16,11 +16,25 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     dims = (0, *range(2, logits.dim()))
     inter = (prob * target).sum(dim=dims)
     total = prob.sum(dim=dims) + target.sum(dim=dims)
-    return (1 - (2 * inter + eps) / (total + eps)).mean()
+    return 1 - (2 * inter + eps) / (total + eps)
 
 
-def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float) -> torch.Tensor:
-    """``bce_weight`` BCE + (1 - ``bce_weight``) soft Dice, in fp32."""
+def pixel_loss(logits: torch.Tensor, target: torch.Tensor, focal_gamma: float) -> torch.Tensor:
+    """Mean BCE of each class, shape (C,); with ``focal_gamma`` > 0 the focal loss
+    (each pixel's BCE times (1 - p_true) ** gamma, so easy background counts little)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if focal_gamma:
+        bce = bce * (1 - torch.exp(-bce)) ** focal_gamma  # exp(-bce) = p of the true label
+    return bce.mean(dim=(0, *range(2, logits.dim())))
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """Per class ``bce_weight`` * pixel loss + (1 - ``bce_weight``) * soft Dice (``loss:
+    bce_dice``; ``bce`` keeps the pixel loss alone), averaged with ``class_weights``; fp32."""
     logits = logits.float()
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    return bce_weight * bce + (1 - bce_weight) * soft_dice_loss(logits, target)
+    per_class = pixel_loss(logits, target, cfg["focal_gamma"])
+    if cfg["loss"] == "bce_dice":
+        dice = soft_dice_loss(logits, target)
+        per_class = cfg["bce_weight"] * per_class + (1 - cfg["bce_weight"]) * dice
+    weights = torch.tensor(cfg["class_weights"], dtype=per_class.dtype, device=per_class.device)
+    return (weights * per_class).sum() / weights.sum()

@@ -11,7 +11,7 @@ from torch.utils.data import Sampler
 
 from steelflow.dataset import BalancedSampler, SteelDataset, split_ids
 from steelflow.io import CLASSES
-from steelflow.losses import bce_dice_loss
+from steelflow.losses import segmentation_loss
 from steelflow.masks import MaskCache
 from steelflow.metrics import dice, f1_score, roc_auc
 from steelflow.models import build_classifier, build_unet
@@ -94,9 +94,7 @@ class UNetTask(Task):
         return masks
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.cfg["loss"] == "bce":
-            return F.binary_cross_entropy_with_logits(logits.float(), target)
-        return bce_dice_loss(logits, target, self.cfg["bce_weight"])
+        return segmentation_loss(logits, target, self.cfg)
 
     def evidence(self, logits, target, flags) -> tuple[torch.Tensor, torch.Tensor]:
         """Per (image, class): overlap, predicted and true areas at threshold 0.5, (N, 3, C)."""

@@ -49,3 +49,24 @@ def test_a_full_resolution_head_adds_a_decoder_block_at_the_input_size():
     half = build_unet({**CONFIG["unet"], "output_stride": 2})
     full = build_unet({**CONFIG["unet"], "output_stride": 1})
     assert len(full.ups) == len(half.ups) + 1 and full.head.in_channels == 16
+
+
+def test_the_balanced_sampler_draws_each_class_and_clean_images_equally_often():
+    from steelflow.dataset import BalancedSampler
+
+    flags = torch.zeros(1000, 4)
+    flags[:400, 2] = 1  # class 3 common
+    flags[400:420, 1] = 1  # class 2 rare: 20 images
+    flags[420:490, 0] = 1  # class 1: 70 images
+    flags[490:530, 3] = 1  # class 4: 40 images
+    sampler = BalancedSampler(flags, seed=0)
+    drawn = torch.tensor(list(sampler))
+    assert len(drawn) == 1000
+    share = flags[drawn].mean(dim=0)
+    assert 0.17 < share[1] < 0.25 and 0.17 < share[3] < 0.25  # about 1/5 each, not 2%
+    assert 0.15 < (flags[drawn].sum(dim=1) == 0).float().mean() < 0.25  # clean: about 1/5
+    assert list(sampler) == drawn.tolist()  # depends only on (seed, epoch)
+    sampler.set_epoch(1)
+    assert list(sampler) != drawn.tolist()
+    halves = [list(BalancedSampler(flags, 0, rank, 2)) for rank in (0, 1)]
+    assert len(halves[0]) == len(halves[1]) == 500 and halves[0] != halves[1]

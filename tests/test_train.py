@@ -190,3 +190,36 @@ def test_the_command_reports_missing_weights_in_one_line(data, tmp_path, offline
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("steelflow train: error: ImageNet weights for resnet18")
     assert not (tmp_path / "unet.pt").exists()
+
+
+def test_ema_weights_are_validated_saved_and_resumed(data, tmp_path, monkeypatch):
+    """With ema_decay, the checkpoint holds the averaged weights (not the last step's),
+    and a run killed after epoch 1 resumes to the same averaged weights."""
+    settings = {"unet.ema_decay": 0.9, "unet.epochs": 2}
+    train_network(data, tmp_path / "straight", **settings)
+    state = torch.load(tmp_path / "straight/unet.pt", weights_only=True)
+    assert state["config"]["ema_decay"] == 0.9
+    original = train.evaluate
+    calls = []
+
+    def evaluate_then_die(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", evaluate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_network(data, tmp_path / "resumed", **settings)
+    last = torch.load(tmp_path / "resumed/unet.last.pt", weights_only=True)
+    assert "ema" in last and not all(
+        torch.equal(last["model"][k], last["weights"][k]) for k in last["weights"]
+    )  # the averaged weights differ from the raw ones
+    monkeypatch.setattr(train, "evaluate", original)
+    train_network(data, tmp_path / "resumed", resume=True, **settings)
+    a = torch.load(tmp_path / "straight/unet.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed/unet.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"]
+    assert all(
+        torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-5) for k in a["model"]
+    )

@@ -28,44 +28,32 @@ from steelflow.config import load
 
 ROOT = Path(__file__).resolve().parents[1]
 
+EARLIER = {"unet.head_prior": 0.5, "unet.sampler": "uniform"}  # the default before these runs
 LIGHT = {  # a cheaper U-Net: RegNetY-400MF encoder, narrow decoder to full input resolution
     "unet.sampler": "balanced",
     "unet.arch": "regnet_y_400mf",
     "unet.decoder_width": 16,
     "unet.output_stride": 1,
+    "unet.head_prior": 0.5,
 }
 VARIANTS = {
-    "baseline": {},
-    "fp32": {"train.precision": "fp32"},
-    "balanced": {"unet.sampler": "balanced"},
-    "stride1": {"unet.output_stride": 1},
-    "balanced_stride1": {"unet.sampler": "balanced", "unet.output_stride": 1},
-    "regnet_fpn": {"unet.arch": "regnet_y_400mf", "unet.decoder": "fpn"},
-    "regnet_w16_s1": {
-        "unet.arch": "regnet_y_400mf",
-        "unet.decoder_width": 16,
-        "unet.output_stride": 1,
-    },
-    "balanced_regnet_w16_s1": {
-        "unet.sampler": "balanced",
-        "unet.arch": "regnet_y_400mf",
-        "unet.decoder_width": 16,
-        "unet.output_stride": 1,
-    },
+    "baseline": EARLIER,
+    "balanced": {**EARLIER, "unet.sampler": "balanced"},
+    "stride1": {**EARLIER, "unet.output_stride": 1},
+    "focal": {**EARLIER, "unet.focal_gamma": 2},
+    "ema": {**EARLIER, "unet.ema_decay": 0.99},
     "light12": {**LIGHT, "unet.epochs": 12},
     "light12_weights": {**LIGHT, "unet.epochs": 12, "unet.class_weights": [5, 5, 1, 1]},
-    "light12_focal": {**LIGHT, "unet.epochs": 12, "unet.focal_gamma": 2},
-    "focal": {"unet.focal_gamma": 2},
-    "ema": {"unet.ema_decay": 0.99},
-    "bce": {"unet.loss": "bce"},
-    "only12": {"unet.sampler": "balanced", "unet.class_weights": [1, 1, 0, 0]},
-    "clf_regnet": {"classifier.arch": "regnet_y_400mf"},
-    "clf_mobilenet": {"classifier.arch": "mobilenet_v3_large"},
-    "balanced_r18_w16_s1": {
+    "only12": {**EARLIER, "unet.sampler": "balanced", "unet.class_weights": [1, 1, 0, 0]},
+    "only12_prior": {
         "unet.sampler": "balanced",
-        "unet.decoder_width": 16,
-        "unet.output_stride": 1,
+        "unet.class_weights": [1, 1, 0, 0],
+        "unet.head_prior": 0.01,
     },
+    "prior": {"unet.head_prior": 0.01, "unet.sampler": "uniform"},
+    "prior_balanced": {"unet.head_prior": 0.01, "unet.sampler": "balanced"},
+    "regnet_fpn": {"unet.arch": "regnet_y_400mf", "unet.decoder": "fpn"},
+    "clf_regnet": {"classifier.arch": "regnet_y_400mf"},
 }
 
 

@@ -13,6 +13,7 @@ or an FPN decoder (a top-down pyramid merged at stride 4).
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from pathlib import Path
 
@@ -145,10 +146,20 @@ class Classifier(nn.Module):
     def __init__(self, encoder: Encoder, outputs: int):
         super().__init__()
         self.encoder = encoder
+        self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(encoder.channels[-1], outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.amax(self.encoder(x)[-1], dim=(-2, -1)))
+        return self.fc(self.pool(self.encoder(x)[-1]).flatten(1))
+
+
+def _head(channels: int, prior: float) -> nn.Conv2d:
+    """The 1x1 convolution to one logit per class, its bias set so that every pixel
+    starts at probability ``prior`` (as RetinaNet does for rare positives)."""
+    head = nn.Conv2d(channels, len(CLASSES), kernel_size=1)
+    if prior != 0.5:
+        nn.init.constant_(head.bias, -math.log((1 - prior) / prior))
+    return head
 
 
 def _conv(cin: int, cout: int) -> nn.Sequential:
@@ -179,7 +190,7 @@ class UNet(nn.Module):
     stride without skips); the logits are upsampled bilinearly to the input size.
     """
 
-    def __init__(self, encoder: Encoder, width: int = 32, output_stride: int = 2):
+    def __init__(self, encoder: Encoder, width: int = 32, output_stride: int = 2, prior=0.5):
         super().__init__()
         self.encoder = encoder
         strides, channels = encoder.strides, encoder.channels
@@ -191,7 +202,7 @@ class UNet(nn.Module):
             current = out
         self.skips = [stride in strides for stride in (16, 8, 4, 2, 1) if stride >= output_stride]
         self.ups = nn.ModuleList(ups)
-        self.head = nn.Conv2d(current, len(CLASSES), kernel_size=1)
+        self.head = _head(current, prior)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)
@@ -205,7 +216,7 @@ class FPN(nn.Module):
     """Feature pyramid decoder: 1x1 laterals at strides 4-32, a top-down sum, each level
     smoothed and brought to stride 4, summed; logits upsampled bilinearly."""
 
-    def __init__(self, encoder: Encoder, width: int = 32):
+    def __init__(self, encoder: Encoder, width: int = 32, prior: float = 0.5):
         super().__init__()
         self.encoder = encoder
         self.levels = [i for i, s in enumerate(encoder.strides) if s >= 4]
@@ -214,9 +225,7 @@ class FPN(nn.Module):
             nn.Conv2d(encoder.channels[i], pyramid, 1) for i in self.levels
         )
         self.smooth = nn.ModuleList(_conv(pyramid, 2 * width) for _ in self.levels)
-        self.head = nn.Sequential(
-            _conv(2 * width, 2 * width), nn.Conv2d(2 * width, len(CLASSES), 1)
-        )
+        self.head = nn.Sequential(_conv(2 * width, 2 * width), _head(2 * width, prior))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)
@@ -249,5 +258,5 @@ def build_classifier(cfg: dict) -> Classifier:
 def build_unet(cfg: dict) -> nn.Module:
     """The segmenter of config section ``unet``: U-Net or FPN decoder on the encoder."""
     if cfg["decoder"] == "fpn":
-        return FPN(_encoder(cfg), cfg["decoder_width"])
-    return UNet(_encoder(cfg), cfg["decoder_width"], cfg["output_stride"])
+        return FPN(_encoder(cfg), cfg["decoder_width"], cfg["head_prior"])
+    return UNet(_encoder(cfg), cfg["decoder_width"], cfg["output_stride"], cfg["head_prior"])

@@ -70,3 +70,18 @@ def test_the_balanced_sampler_draws_each_class_and_clean_images_equally_often():
     assert list(sampler) != drawn.tolist()
     halves = [list(BalancedSampler(flags, 0, rank, 2)) for rank in (0, 1)]
     assert len(halves[0]) == len(halves[1]) == 500 and halves[0] != halves[1]
+
+
+@pytest.mark.parametrize("decoder", ["unet", "fpn"])
+def test_the_head_prior_sets_where_every_pixel_starts(decoder):
+    """head_prior 0.01: the untrained network's output is near 0.01 everywhere, not 0.5."""
+    cfg = {**CONFIG["unet"], "decoder": decoder, "head_prior": 0.01}
+    torch.manual_seed(0)
+    net = build_unet(cfg)
+    head = net.head if decoder == "unet" else net.head[-1]
+    assert torch.sigmoid(head.bias).tolist() == pytest.approx([0.01] * 4)
+    with torch.no_grad():
+        out = torch.sigmoid(net.eval()(torch.randn(2, 1, 64, 192)))
+    assert 0.001 < out.median() < 0.05
+    even = build_unet({**CONFIG["unet"], "decoder": decoder, "head_prior": 0.5})  # bias 0
+    assert 0.2 < torch.sigmoid(even.eval()(torch.randn(2, 1, 64, 192))).median() < 0.8

@@ -104,9 +104,8 @@ def _train(args: argparse.Namespace) -> None:
         {"out": Path(args.out), "history": Path(args.history), "curves": Path(args.curves)},
         resume=args.resume,
     )
-    if distributed.launched() and not best:
-        return  # not the main process: it reports
-    print(json.dumps({"best": best}, indent=2))
+    if best is not None:  # only the main process reports
+        print(json.dumps({"best": best}, indent=2))
 
 
 def _predictor(args: argparse.Namespace, config: dict):

@@ -197,9 +197,10 @@ def run(
     split: Path,
     outputs: dict[str, Path],
     resume: bool = False,
-) -> dict:
+) -> dict | None:
     """Train network ``name``; ``outputs`` holds the paths ``out`` (best checkpoint),
-    ``history`` (CSV) and ``curves`` (PNG). Returns the best validation row ({} off rank 0)."""
+    ``history`` (CSV) and ``curves`` (PNG). Returns the best validation row; None in the
+    processes other than the main one."""
     distributed.setup()
     task = TASKS[name](config)
     cfg, train_cfg = task.cfg, config["train"]
@@ -249,6 +250,6 @@ def run(
     main = distributed.is_main()  # before teardown, after which every process looks like rank 0
     distributed.teardown()
     if not main:
-        return {}
+        return None  # the main process reports
     last.unlink(missing_ok=True)  # finished: a rerun starts afresh
     return max(progress.history, key=lambda r: r["score"]) if progress.history else {}

@@ -5,8 +5,6 @@ Each rule runs one `steelflow <stage>` command; dvc.yaml describes the same stag
 
 from snakemake.utils import min_version
 
-from steelflow.config import validate
-
 min_version("8.20")
 
 
@@ -14,9 +12,6 @@ configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"
-
-
-validate(config)
 
 
 include: "workflow/rules/common.smk"

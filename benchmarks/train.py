@@ -60,7 +60,10 @@ def measure(name: str, folder: str, batches: int, queue) -> None:
         folder / "raw/train_images", MaskCache(folder / "masks"), folder / "split.csv"
     )
     loader = DataLoader(
-        dataset, batch_size=cfg["batch_size"], shuffle=True, num_workers=config["train"]["workers"]
+        dataset,
+        batch_size=cfg["batch_size"],
+        shuffle=True,
+        num_workers=config["machine"]["workers"],
     )
     batches_iter = iter(loader)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from steelflow import __version__
 from steelflow.atomic import write_json
-from steelflow.config import load, parse_override
 
 EDA_OUTPUTS = {  # the eda stage's files, each named on the command line
     "stats": "json",
@@ -19,6 +18,32 @@ EDA_OUTPUTS = {  # the eda stage's files, each named on the command line
     "mask_areas": "png",
     "examples": "png",
 }
+
+
+def _load(args: argparse.Namespace) -> dict:
+    """The stage's config: each --config file in order (default config.yaml), then each --set;
+    torch uses ``machine.threads`` CPU threads."""
+    import torch
+
+    from steelflow.config import load
+
+    config = load(args.config or ["config.yaml"], dict(args.overrides))
+    if config["machine"]["threads"]:
+        torch.set_num_threads(config["machine"]["threads"])
+    return config
+
+
+def _config(args: argparse.Namespace) -> None:
+    import yaml
+
+    from steelflow.atomic import atomic_path
+
+    experiment = {key: value for key, value in _load(args).items() if key != "machine"}
+    text = yaml.safe_dump(experiment, sort_keys=False)
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text)
+    print(text, end="")
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -49,8 +74,8 @@ def _score(args: argparse.Namespace) -> None:
 def _fetch(args: argparse.Namespace) -> None:
     from steelflow.sources import fetch
 
-    config = load(args.config, dict(args.overrides))
-    fetch(config["data"], config["seed"], Path(args.out))
+    config = _load(args)
+    fetch(config["data"], config["seed"], Path(args.out), config["machine"]["draw_workers"])
 
 
 def _masks(args: argparse.Namespace) -> None:
@@ -63,7 +88,7 @@ def _masks(args: argparse.Namespace) -> None:
 def _eda(args: argparse.Namespace) -> None:
     from steelflow.eda import run_eda
 
-    config = load(args.config, dict(args.overrides))
+    config = _load(args)
     outputs = {name: Path(getattr(args, name)) for name in EDA_OUTPUTS}
     stats = run_eda(
         Path(args.masks),
@@ -80,7 +105,7 @@ def _split(args: argparse.Namespace) -> None:
     from steelflow.masks import MaskCache
     from steelflow.split import assign_folds
 
-    config = load(args.config, dict(args.overrides))
+    config = _load(args)
     folds = assign_folds(MaskCache(args.masks).classes(), config["split"]["folds"], config["seed"])
     with atomic_path(args.out) as tmp:
         folds.to_csv(tmp, index=False)
@@ -91,7 +116,7 @@ def _train(args: argparse.Namespace) -> None:
     from steelflow import distributed
     from steelflow.train import run
 
-    config = load(args.config, dict(args.overrides))
+    config = _load(args)
     processes = config["train"]["nproc_per_node"]
     if processes > 1 and not distributed.launched():
         distributed.relaunch(args.argv, processes)  # becomes torchrun: one process per device
@@ -121,7 +146,7 @@ def _tune(args: argparse.Namespace) -> None:
     from steelflow.masks import MaskCache
     from steelflow.tune import gather, plot_search, search
 
-    config = load(args.config, dict(args.overrides))
+    config = _load(args)
     cfg = config["tune"]
     _, val_ids = split_ids(Path(args.split), config["split"]["val_fold"])
     evidence = gather(
@@ -144,7 +169,7 @@ def _submit(args: argparse.Namespace) -> None:
     from steelflow.io import read_masks, write_submission
     from steelflow.predict import Thresholds, check_submission, submission_rows
 
-    config = load(args.config, dict(args.overrides))
+    config = _load(args)
     predictor = _predictor(args, config)
     thresholds = Thresholds.load(Path(args.thresholds))
     raw = Path(args.raw)
@@ -162,7 +187,7 @@ def _submit(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from steelflow.predict import Thresholds, predict_folder
 
-    config = load(args.config, dict(args.overrides))
+    config = _load(args)
     table = predict_folder(
         _predictor(args, config),
         Thresholds.load(Path(args.thresholds)),
@@ -175,11 +200,19 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from steelflow.config import parse_override
+
     parser = argparse.ArgumentParser(prog="steelflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     configured = argparse.ArgumentParser(add_help=False)
-    configured.add_argument("--config", default="config.yaml", help="config file (config.yaml)")
+    configured.add_argument(
+        "--config",
+        action="append",
+        metavar="FILE",
+        help="config file; repeat to layer files in order, as Snakemake's --configfile does "
+        "(default: config.yaml)",
+    )
     configured.add_argument(
         "--set",
         dest="overrides",
@@ -187,8 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_override,
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set data.synthetic.n_train=50 (repeatable)",
+        help="override a config value after the files, e.g. --set unet.epochs=1 (repeatable)",
     )
+
+    p = stages.add_parser(
+        "config",
+        parents=[configured],
+        help="the experiment settings the other stages read (all but machine), resolved",
+    )
+    p.add_argument("--out", help="also write it to this YAML file (e.g. results/config.yaml)")
+    p.set_defaults(run=_config)
 
     p = stages.add_parser("fetch", parents=[configured], help="raw data in the Kaggle layout")
     p.add_argument("--out", default="resources/raw", help="output folder (resources/raw)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +63,41 @@ def validate(config: dict[str, Any], schema: Path = SCHEMA) -> dict[str, Any]:
     return config
 
 
-def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
+def merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    """``layer`` over ``base``, section by section, as Snakemake layers config files."""
+    for key, value in layer.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``config[a][b] = value`` for ``key`` ``a.b``; a mapping value is layered."""
     *parents, leaf = key.split(".")
     node = config
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {key!r}: {part!r} is not a section")
-    node[leaf] = value
+    merge(node, {leaf: value})
 
 
-def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Read a YAML config, apply ``overrides`` (dotted keys, e.g. ``{"train.epochs": 1}``),
-    validate it and return it with defaults filled in."""
+def dotted_leaves(layer: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Each non-mapping value of ``layer`` under its dotted key: {"unet.epochs": 1}."""
+    leaves: dict[str, Any] = {}
+    for key, value in layer.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            leaves |= dotted_leaves(value, f"{name}.")
+        else:
+            leaves[name] = value
+    return leaves
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """One YAML config file (it may hold only some keys)."""
     path = Path(path)
     try:
         config = yaml.safe_load(path.read_text()) or {}
@@ -86,18 +108,46 @@ def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[s
         raise ConfigError(f"{path}: not a YAML config file: {reason}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(config).__name__}")
-    config = copy.deepcopy(config)
+    return config
+
+
+def load(
+    paths: str | Path | Sequence[str | Path], overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The config of a run: each YAML file layered over the one before (as Snakemake
+    layers ``--configfile``), then ``overrides`` (dotted keys, e.g. ``{"unet.epochs": 1}``,
+    as ``--config``), validated and with defaults filled in."""
+    paths = [paths] if isinstance(paths, str | Path) else list(paths)
+    config: dict[str, Any] = {}
+    for path in paths:
+        merge(config, read(path))
     for key, value in (overrides or {}).items():
-        _set_dotted(config, key, value)
+        set_dotted(config, key, value)
     try:
         return validate(config)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{', '.join(map(str, paths))}: {e}") from None
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: a number if it reads as one (1e-4 too), else YAML."""
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parse a command-line override ``key.sub=value``; the value is read as YAML."""
+    """Parse a command-line override ``key.sub=value`` (the value as parse_value reads it)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=1")
-    return key.strip(), yaml.safe_load(value)
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. unet.epochs=1")
+    return key.strip(), parse_value(value)
+
+
+def format_override(key: str, value: Any) -> str:
+    """``key=value`` that parse_override reads back as ``value``."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"))
+    return f"{key}=" + text.removesuffix("...\n").strip()

@@ -29,8 +29,9 @@ class SourceError(ValueError):
     """A data source that cannot give the Kaggle layout; the message says what to do."""
 
 
-def fetch(data: dict, seed: int, out: Path) -> None:
-    """Produce the Kaggle layout in ``out`` from the source ``data["source"]``, atomically."""
+def fetch(data: dict, seed: int, out: Path, workers: int = 0) -> None:
+    """Produce the Kaggle layout in ``out`` from the source ``data["source"]``, atomically;
+    synthetic images are drawn by ``workers`` processes (0: one per CPU core)."""
     with atomic_dir(out) as tmp:
         if data["source"] == "synthetic":
             cfg = data["synthetic"]
@@ -41,7 +42,7 @@ def fetch(data: dict, seed: int, out: Path) -> None:
                 seed=seed,
                 preset=cfg["preset"],
                 jpeg_quality=cfg["jpeg_quality"],
-                workers=cfg["workers"] or os.cpu_count() or 1,
+                workers=workers or os.cpu_count() or 1,
             )
         elif data["source"] == "kaggle":
             download_kaggle(tmp)

@@ -26,6 +26,15 @@ class Task:
         self.config = config
         self.cfg = config[self.name]
 
+    def recipe(self, train: SteelDataset, val: SteelDataset) -> dict:
+        """Everything that shapes the weights: a run resumes only from the same recipe."""
+        sections = ("seed", "split", "augment", "train", self.name)
+        return {
+            **{key: self.config[key] for key in sections},
+            "train_ids": list(train.image_ids),
+            "val_ids": list(val.image_ids),
+        }
+
     def train_crop(self) -> dict:
         """Crop settings of the training set (none: full images)."""
         return {}

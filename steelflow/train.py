@@ -81,7 +81,7 @@ def make_loaders(task: Task, images: Path, masks: Path, split: Path, device: tor
     sampler = task.train_sampler(train_set, rank, world)
     if sampler is None and world > 1:
         sampler = DistributedSampler(train_set, seed=config["seed"])
-    workers = config["train"]["workers"]
+    workers = config["machine"]["workers"]
     common = {
         "batch_size": cfg["batch_size"],
         "num_workers": workers,
@@ -99,15 +99,23 @@ def make_loaders(task: Task, images: Path, masks: Path, split: Path, device: tor
     return train_loader, DataLoader(val_set, **common)
 
 
-def resume_state(last: Path, best_file: Path, parts: dict, task: Task, device):
-    """The progress saved in ``last`` when it was trained with the same config, else a fresh one."""
+def resume_state(last: Path, best_file: Path, parts: dict, recipe: dict, task: Task, device):
+    """The progress saved in ``last`` when it was trained with the same ``recipe``
+    (settings and image ids), else a fresh one, saying why in one line."""
     try:
         state = checkpoint.load(last, task.name, device)
     except checkpoint.CheckpointError as e:
         log.warning("%s; training %s from scratch", e, task.name)
         return Progress()
-    if state["config"] != task.cfg:
-        log.info("%s has another config: training %s from scratch", last, task.name)
+    saved = state.get("recipe", {})
+    changed = sorted(k for k in recipe.keys() | saved.keys() if recipe.get(k) != saved.get(k))
+    if changed:
+        log.info(
+            "not resuming from %s: it was trained with other %s; training %s from scratch",
+            last,
+            ", ".join(changed),
+            task.name,
+        )
         return Progress()
     for name, part in parts.items():  # model, optimizer, schedule, ema
         if part is not None:
@@ -162,7 +170,9 @@ def evaluate(model, loader: DataLoader, task: Task, device, dtype, fmt) -> dict:
     return {"val_loss": loss / len(loader.dataset), **task.metrics(*columns)}
 
 
-def save_epoch(paths: dict, parts: dict, task: Task, progress: Progress, metrics: dict) -> None:
+def save_epoch(
+    paths: dict, parts: dict, task: Task, progress: Progress, metrics: dict, recipe: dict
+) -> None:
     """After an epoch: the best checkpoint if it improved, the last one, history and curves.
 
     Checkpoints hold the weights that were validated (the EMA's, when there is one).
@@ -181,7 +191,7 @@ def save_epoch(paths: dict, parts: dict, task: Task, progress: Progress, metrics
         checkpoint.save(paths["out"], state)
     resumable = {k: v.state_dict() for k, v in parts.items() if v is not None and k != "model"}
     resumable |= {"weights": parts["model"].state_dict()}
-    extra = {"history": progress.history, "best": progress.best}
+    extra = {"history": progress.history, "best": progress.best, "recipe": recipe}
     checkpoint.save(checkpoint.last_path(paths["out"]), state | resumable | extra)
     history = pd.DataFrame(progress.history)
     with atomic_path(paths["history"]) as tmp:
@@ -205,7 +215,6 @@ def run(
     task = TASKS[name](config)
     cfg, train_cfg = task.cfg, config["train"]
     torch.manual_seed(config["seed"])
-    torch.set_num_threads(train_cfg["threads"] or torch.get_num_threads())
     device = pick_device(train_cfg["device"])
     dtype = pick_precision(train_cfg["precision"], device)
     fmt = memory_format(train_cfg["channels_last"])
@@ -223,11 +232,12 @@ def run(
         else None
     )
     parts = {"model": model, "optimizer": optimizer, "schedule": schedule, "ema": ema}
+    train_loader, val_loader = make_loaders(task, images, masks, split, device)
+    recipe = task.recipe(train_loader.dataset, val_loader.dataset)
     last = checkpoint.last_path(outputs["out"])
     progress = Progress()
     if resume and last.is_file():
-        progress = resume_state(last, outputs["out"], parts, task, device)
-    train_loader, val_loader = make_loaders(task, images, masks, split, device)
+        progress = resume_state(last, outputs["out"], parts, recipe, task, device)
     step = Step(distributed.wrap(model), task, optimizer, device, dtype, fmt, ema)
 
     for epoch in range(progress.epoch, cfg["epochs"]):
@@ -245,7 +255,7 @@ def run(
                 + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
                 flush=True,
             )
-            save_epoch(outputs, parts, task, progress, metrics)
+            save_epoch(outputs, parts, task, progress, metrics, recipe)
         distributed.barrier()
     main = distributed.is_main()  # before teardown, after which every process looks like rank 0
     distributed.teardown()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from steelflow.config import ConfigError, load, parse_override
+from steelflow.cli import main
+from steelflow.config import ConfigError, dotted_leaves, format_override, load, parse_override
 from tests.conftest import ROOT
 
 
@@ -50,7 +51,7 @@ def test_overrides_use_dotted_keys():
         ({"seed": -1}, r"seed: expected a value >= 0, got -1"),
         (
             {"data.synthetic.n_trian": 5},
-            r"unknown key 'n_trian' in 'data.synthetic'; expected one of: jpeg_quality, n_test, n_train, preset, workers",
+            r"unknown key 'n_trian' in 'data.synthetic'; expected one of: jpeg_quality, n_test, n_train, preset",
         ),
         ({"data.synthetic.n_train": 0}, r"data.synthetic.n_train: expected a value >= 1, got 0"),
         (
@@ -78,7 +79,7 @@ def test_bad_files(tmp_path):
 
 
 def test_the_kaggle_config_is_valid_and_asks_for_real_data_settings():
-    config = load(ROOT / "configs" / "kaggle.yaml")
+    config = load([ROOT / "config.yaml", ROOT / "configs" / "kaggle.yaml"])
     assert config["data"]["source"] == "kaggle"
     assert config["unet"]["epochs"] == config["classifier"]["epochs"] == 25
     assert config["unet"]["scale"] == 1.0 and config["unet"]["pretrained"] == "imagenet"
@@ -117,3 +118,58 @@ def test_a_broken_config_file_is_named_in_one_line(tmp_path, content, message):
     with pytest.raises(ConfigError, match=message) as info:
         load(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_files_layer_section_by_section_then_overrides(tmp_path):
+    """As Snakemake layers config.yaml, each --configfile, then --config."""
+    (tmp_path / "base.yaml").write_text("seed: 7\nunet: {epochs: 3, lr: 0.01}\n")
+    (tmp_path / "partial.yaml").write_text("unet: {epochs: 2}\n")
+    config = load([tmp_path / "base.yaml", tmp_path / "partial.yaml"], {"unet.lr": 1e-4})
+    assert config["seed"] == 7  # base
+    assert config["unet"]["epochs"] == 2  # partial over base, key by key
+    assert config["unet"]["lr"] == 1e-4  # the override last
+    assert config["unet"]["batch_size"] == load(ROOT / "config.yaml")["unet"]["batch_size"]
+
+
+@pytest.mark.parametrize("value", [1e-4, 0.001, 7, "kaggle", None, [5, 5, 1, 1], True, "1"])
+def test_overrides_written_for_a_command_line_read_back_the_same(value):
+    assert parse_override(format_override("a.b", value)) == ("a.b", value)
+
+
+def test_numbers_on_the_command_line_read_as_numbers():
+    assert parse_override("unet.lr=1e-4") == ("unet.lr", 1e-4)  # YAML 1.1 would say '1e-4'
+    assert parse_override("unet.class_weights=[3, 2, 1, 1]")[1] == [3, 2, 1, 1]
+
+
+def test_sections_flatten_to_dotted_keys():
+    assert dotted_leaves({"seed": 7, "unet": {"epochs": 1, "class_weights": [1, 2]}}) == {
+        "seed": 7,
+        "unet.epochs": 1,
+        "unet.class_weights": [1, 2],
+    }
+
+
+def test_the_config_command_prints_the_resolved_experiment_settings(tmp_path, capsys):
+    (tmp_path / "partial.yaml").write_text("unet: {epochs: 2}\n")
+    out = tmp_path / "resolved.yaml"
+    args = [
+        "config",
+        "--config",
+        str(ROOT / "config.yaml"),
+        "--config",
+        str(tmp_path / "partial.yaml"),
+    ]
+    assert main([*args, "--set", "seed=3", "--out", str(out)]) == 0
+    record = yaml.safe_load(out.read_text())
+    assert yaml.safe_load(capsys.readouterr().out) == record
+    assert record["seed"] == 3 and record["unet"]["epochs"] == 2
+    assert "machine" not in record  # how a machine runs it is not part of the experiment
+    expected = load(ROOT / "config.yaml", {"seed": 3, "unet.epochs": 2})
+    assert record == {k: v for k, v in expected.items() if k != "machine"}
+
+
+@pytest.mark.parametrize("key", ["train.workers", "train.threads", "data.synthetic.workers"])
+def test_machine_settings_live_in_their_own_section(key):
+    with pytest.raises(ConfigError, match="unknown key"):
+        load(ROOT / "config.yaml", {key: 1})
+    assert set(load(ROOT / "config.yaml")["machine"]) == {"workers", "threads", "draw_workers"}

@@ -85,11 +85,10 @@ def test_synthetic_masks_never_overlap(synthetic_raw):
 
 
 def test_synthetic_output_is_byte_identical_for_any_worker_count(synthetic_raw, tmp_path):
-    config = data_config(workers=1)
-    fetch(config["data"], config["seed"], tmp_path / "raw")
+    config = data_config()
+    fetch(config["data"], config["seed"], tmp_path / "raw", workers=1)
     assert digest(tmp_path / "raw") == digest(synthetic_raw)
-    other = data_config(workers=1)
-    fetch(other["data"], other["seed"] + 1, tmp_path / "raw2")
+    fetch(config["data"], config["seed"] + 1, tmp_path / "raw2", workers=1)
     assert digest(tmp_path / "raw2") != digest(synthetic_raw)
 
 

@@ -81,25 +81,30 @@ def test_classifier_with_four_labels(data, tmp_path):
     assert model(torch.zeros(2, 1, 64, 400)).shape == (2, 4)
 
 
+def interrupted_after_one_epoch(data, out, monkeypatch, **settings):
+    """Train, stopping as if killed during epoch 2; leaves out/unet.last.pt."""
+    original = train.evaluate
+    calls = []
+
+    def validate_then_die(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "evaluate", validate_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_network(data, out, **settings)
+
+
 def test_an_interrupted_run_resumes_where_it_stopped(data, tmp_path, monkeypatch):
     """Killed after epoch 1 of 3, resumed: same weights as a run never interrupted."""
     settings = {"unet.epochs": 3}
     train_network(data, tmp_path / "straight", **settings)
-    original = train.evaluate
-
-    def validate_then_die(*args, **kwargs):
-        if len(validate_then_die.calls) == 1:
-            raise KeyboardInterrupt  # as if killed during epoch 2
-        validate_then_die.calls.append(1)
-        return original(*args, **kwargs)
-
-    validate_then_die.calls = []
-    monkeypatch.setattr(train, "evaluate", validate_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_network(data, tmp_path / "resumed", **settings)
+    interrupted_after_one_epoch(data, tmp_path / "resumed", monkeypatch, **settings)
     last = torch.load(tmp_path / "resumed/unet.last.pt", weights_only=True)
     assert last["epoch"] == 1 and "optimizer" in last
-    monkeypatch.setattr(train, "evaluate", original)
     train_network(data, tmp_path / "resumed", resume=True, **settings)
     straight = pd.read_csv(tmp_path / "straight/unet.csv")
     resumed = pd.read_csv(tmp_path / "resumed/unet.csv")
@@ -108,6 +113,37 @@ def test_an_interrupted_run_resumes_where_it_stopped(data, tmp_path, monkeypatch
     a = torch.load(tmp_path / "straight/unet.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "resumed/unet.pt", weights_only=True)["model"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"seed": 7}, "seed"),
+        ({"augment.hflip": False}, "augment"),
+        ({"split.val_fold": 1}, "split, train_ids, val_ids"),
+        ({"train.channels_last": False}, "train"),
+        ({"unet.lr": 0.01}, "unet"),
+    ],
+)
+def test_a_run_resumes_only_from_the_same_recipe(
+    data, tmp_path, monkeypatch, caplog, change, named
+):
+    """Any setting that shapes the weights, or other train/val images: start afresh, and say so."""
+    settings = {"unet.epochs": 2}
+    interrupted_after_one_epoch(data, tmp_path, monkeypatch, **settings)
+    with caplog.at_level(logging.INFO, logger="steelflow.train"):
+        train_network(data, tmp_path, resume=True, **settings, **change)
+    assert f"trained with other {named}; training unet from scratch" in caplog.text
+    assert "resuming unet from epoch" not in caplog.text
+    assert pd.read_csv(tmp_path / "unet.csv").epoch.tolist() == [1, 2]
+
+
+def test_machine_settings_do_not_stop_a_resume(data, tmp_path, monkeypatch, caplog):
+    settings = {"unet.epochs": 2}
+    interrupted_after_one_epoch(data, tmp_path, monkeypatch, **settings)
+    with caplog.at_level(logging.INFO, logger="steelflow.train"):
+        train_network(data, tmp_path, resume=True, **settings, **{"machine.threads": 1})
+    assert "resuming unet from epoch 1 of 2" in caplog.text
 
 
 def test_a_non_finite_loss_stops_training(data, tmp_path, monkeypatch):
@@ -199,23 +235,11 @@ def test_ema_weights_are_validated_saved_and_resumed(data, tmp_path, monkeypatch
     train_network(data, tmp_path / "straight", **settings)
     state = torch.load(tmp_path / "straight/unet.pt", weights_only=True)
     assert state["config"]["ema_decay"] == 0.9
-    original = train.evaluate
-    calls = []
-
-    def evaluate_then_die(*args, **kwargs):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(train, "evaluate", evaluate_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_network(data, tmp_path / "resumed", **settings)
+    interrupted_after_one_epoch(data, tmp_path / "resumed", monkeypatch, **settings)
     last = torch.load(tmp_path / "resumed/unet.last.pt", weights_only=True)
     assert "ema" in last and not all(
         torch.equal(last["model"][k], last["weights"][k]) for k in last["weights"]
     )  # the averaged weights differ from the raw ones
-    monkeypatch.setattr(train, "evaluate", original)
     train_network(data, tmp_path / "resumed", resume=True, **settings)
     a = torch.load(tmp_path / "straight/unet.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed/unet.pt", weights_only=True)

@@ -14,18 +14,31 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+from steelflow import synthetic
 from tests.conftest import ROOT, TEST_CONFIG
 
 BIN = Path(sys.executable).parent
-WORKFLOW_FILES = ["Snakefile", "workflow", "config.yaml", "dvc.yaml", "profiles", "steelflow"]
+WORKFLOW_FILES = [
+    "Snakefile",
+    "workflow",
+    "config.yaml",
+    "configs",
+    "params.yaml",
+    "dvc.yaml",
+    "profiles",
+    "steelflow",
+]
 TINY = yaml.safe_load(TEST_CONFIG.read_text())["data"]["synthetic"]  # the tiny data set
+WITHOUT_VENV = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != str(BIN))
 
 
-def run(args, cwd, check=True):
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # rules call steelflow
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+def run(args, cwd, check=True, path=os.environ["PATH"]):
+    result = subprocess.run(
+        args, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PATH": path}
+    )
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}"
@@ -34,7 +47,8 @@ def run(args, cwd, check=True):
 
 
 def snakemake(*args, cwd=ROOT, check=True):
-    return run([BIN / "snakemake", *args], cwd, check)
+    """Snakemake from the venv, which is not on PATH: the rules find steelflow themselves."""
+    return run([BIN / "snakemake", *args], cwd, check, path=WITHOUT_VENV)
 
 
 @pytest.fixture
@@ -47,12 +61,8 @@ def project(tmp_path) -> Path:
     return tmp_path
 
 
-def snakemake_stages(cwd: Path) -> dict[str, dict]:
+def snakemake_stages(*args: str, cwd: Path = ROOT) -> dict[str, dict]:
     """Each rule's shell command, inputs and outputs, from a forced dry run."""
-    return snakemake_stages_with(cwd=cwd)
-
-
-def snakemake_stages_with(*args: str, cwd: Path = ROOT) -> dict[str, dict]:
     out = snakemake(
         "--dry-run", "--printshellcmds", "--forceall", "--cores", "1", *args, cwd=cwd
     ).stdout
@@ -65,14 +75,17 @@ def snakemake_stages_with(*args: str, cwd: Path = ROOT) -> dict[str, dict]:
             stage[field] |= set(found[1].split(", ")) if found else set()
         cmd = re.search(r"^Shell command: (.+)$", block, re.MULTILINE)[1]
         stage["cmd"] = " ".join(re.sub(r"\s*>\s*\S+\s+2>&1\s*$", "", cmd).split())
+    stages.pop("all", None)
     return stages
 
 
-def dvc_stages(path: Path) -> dict[str, dict]:
-    """Each stage's command, dependencies and outputs (outs, metrics and plots)."""
-    stages = yaml.safe_load(path.read_text())["stages"] or {}
+def dvc_stages(folder: Path) -> dict[str, dict]:
+    """Each stage's command, dependencies and outputs (outs, metrics and plots), with the
+    ${...} of dvc.yaml filled from params.yaml as DVC fills them."""
+    values = yaml.safe_load((folder / "params.yaml").read_text())
+    text = re.sub(r"\$\{(\w+)\}", lambda m: str(values[m[1]]), (folder / "dvc.yaml").read_text())
     result = {}
-    for name, stage in stages.items():
+    for name, stage in (yaml.safe_load(text)["stages"] or {}).items():
         outs = set()
         for key in ("outs", "metrics", "plots"):
             outs |= {next(iter(o)) if isinstance(o, dict) else o for o in stage.get(key, [])}
@@ -84,6 +97,25 @@ def dvc_stages(path: Path) -> dict[str, dict]:
     return result
 
 
+def drift(snakefile: dict[str, dict], dvc: dict[str, dict]) -> list[str]:
+    """Where the two descriptions of the pipeline differ, one line each."""
+    found = [f"stage {n} only in the Snakefile" for n in sorted(snakefile.keys() - dvc.keys())]
+    found += [f"stage {n} only in dvc.yaml" for n in sorted(dvc.keys() - snakefile.keys())]
+    for name in sorted(snakefile.keys() & dvc.keys()):
+        for field in ("cmd", "deps", "outs"):
+            ours, theirs = snakefile[name][field], dvc[name][field]
+            if ours != theirs:
+                detail = (
+                    f"{ours!r} vs {theirs!r}"
+                    if field == "cmd"
+                    else (
+                        f"Snakefile only {sorted(ours - theirs)}, dvc.yaml only {sorted(theirs - ours)}"
+                    )
+                )
+                found.append(f"{name}: {field} differ: {detail}")
+    return found
+
+
 def test_snakemake_lint_passes():
     result = snakemake("--lint", check=False)
     assert result.returncode == 0 and "good condition" in result.stdout + result.stderr, (
@@ -92,23 +124,43 @@ def test_snakemake_lint_passes():
 
 
 def test_snakefile_and_dvc_yaml_describe_the_same_stages():
-    ours = snakemake_stages(ROOT)
-    ours.pop("all", None)
-    theirs = dvc_stages(ROOT / "dvc.yaml")
-    assert set(ours) == set(theirs), "stage names differ between the Snakefile and dvc.yaml"
-    for name, stage in ours.items():
-        dvc = theirs[name]
-        assert dvc["cmd"] == stage["cmd"], f"{name}: commands differ"
-        assert dvc["outs"] == stage["outs"], f"{name}: outputs differ"
-        code = {d for d in dvc["deps"] - stage["deps"] if d.startswith("steelflow/")}
-        assert dvc["deps"] - code == stage["deps"], f"{name}: dependencies differ"
+    """Commands, data and code: dvc.yaml's default overlay given to Snakemake too."""
+    overlay = yaml.safe_load((ROOT / "params.yaml").read_text())["configfile"]
+    assert drift(snakemake_stages("--configfile", overlay), dvc_stages(ROOT)) == []
 
 
-def test_drift_is_detected(project):
-    dvc = yaml.safe_load((project / "dvc.yaml").read_text())
-    dvc["stages"] = {**(dvc["stages"] or {}), "stray": {"cmd": "steelflow stray", "outs": ["x"]}}
-    (project / "dvc.yaml").write_text(yaml.safe_dump(dvc))
-    assert set(dvc_stages(project / "dvc.yaml")) != set(snakemake_stages(project)) - {"all"}
+@pytest.mark.parametrize(
+    ("old", "new", "found"),
+    [
+        (
+            "--curves results/train/unet.png --resume",
+            "--curves results/train/unet.png",
+            "train_unet: cmd differ",
+        ),
+        (
+            "      - results/thresholds.png\n",
+            "      - results/thresholds.svg\n",
+            "tune: outs differ",
+        ),
+        (
+            "      - steelflow/losses.py\n",
+            "",
+            "train_classifier: deps differ: Snakefile only ['steelflow/losses.py']",
+        ),
+        (
+            "stages:\n",
+            "stages:\n  stray:\n    cmd: steelflow stray\n    outs: [x]\n",
+            "stage stray only in dvc.yaml",
+        ),
+    ],
+)
+def test_drift_in_a_command_an_output_or_a_code_dep_is_caught(project, old, new, found):
+    ours = snakemake_stages("--configfile", "configs/none.yaml", cwd=project)
+    text = (project / "dvc.yaml").read_text()
+    assert old in text
+    assert drift(ours, dvc_stages(project)) == []
+    (project / "dvc.yaml").write_text(text.replace(old, new, 1))
+    assert any(line.startswith(found) for line in drift(ours, dvc_stages(project)))
 
 
 def git(*args, cwd):
@@ -118,7 +170,8 @@ def git(*args, cwd):
 
 
 def dvc(*args, cwd):
-    return run([BIN / "dvc", *args], cwd)
+    """DVC runs stage commands as written: steelflow must be on PATH (an activated venv)."""
+    return run([BIN / "dvc", *args], cwd, path=f"{BIN}{os.pathsep}{os.environ['PATH']}")
 
 
 def as_dvc_repo(project: Path, remote: Path) -> None:
@@ -127,6 +180,8 @@ def as_dvc_repo(project: Path, remote: Path) -> None:
         (project / name).parent.mkdir(exist_ok=True)
         shutil.copy(ROOT / name, project / name)
     git("init", "-q", cwd=project)
+    git("add", "-A", cwd=project)
+    git("commit", "-qm", "the project", cwd=project)
     dvc("remote", "add", "--local", "-d", "shared", str(remote), cwd=project)
 
 
@@ -147,10 +202,10 @@ def test_snakemake_run_then_dvc_commit_push_and_pull_into_a_fresh_clone(project,
 
     remote = tmp_path / "remote"
     as_dvc_repo(project, remote)
-    dvc("commit", "--force", cwd=project)  # record what Snakemake built
+    dvc("commit", "--force", cwd=project)  # the README's steps, exactly
     assert "up to date" in dvc("status", cwd=project).stdout
-    git("add", "-A", cwd=project)
-    git("commit", "-qm", "run", cwd=project)
+    git("add", "dvc.lock", cwd=project)
+    git("commit", "-qm", "results of the run", cwd=project)
     dvc("push", cwd=project)
     clone = tmp_path / "clone"
     git("clone", "-q", str(project), str(clone), cwd=tmp_path)
@@ -161,25 +216,57 @@ def test_snakemake_run_then_dvc_commit_push_and_pull_into_a_fresh_clone(project,
         "models/classifier.pt",
         "submission.csv",
         "resources/raw/train.csv",
+        "results/thresholds.json",
+        "results/metrics.json",
+        "results/eda/stats.json",
+        "results/config.yaml",
     ):
         assert (clone / path).read_bytes() == (project / path).read_bytes(), path
+    # the teammate's clone is complete: nothing to rerun under either tool
+    assert "up to date" in dvc("status", cwd=clone).stdout
+    assert "Running stage" not in dvc("repro", cwd=clone).stdout
+    snakemake("--cores", "2", "--touch", cwd=clone)  # pulled files get fresh times
+    assert "Nothing to be done" in snakemake("--dry-run", cwd=clone).stdout
 
 
-def test_dvc_repro_runs_the_same_stages(project, tmp_path):
+def test_dvc_repro_and_experiments_run_the_same_stages(project, tmp_path):
     as_dvc_repo(project, tmp_path / "remote")
     result = dvc("repro", cwd=project)
-    for stage in dvc_stages(project / "dvc.yaml"):
+    for stage in dvc_stages(project):
         assert f"Running stage '{stage}'" in result.stdout
     assert (project / "submission.csv").is_file() and (project / "dvc.lock").is_file()
     assert "up to date" in dvc("status", cwd=project).stdout
     assert "dice" in dvc("metrics", "show", cwd=project).stdout
+
+    code = project / "steelflow/tune.py"  # a code change: the stages that import it
+    code.write_text(code.read_text() + "# changed\n")
+    assert re.findall(r"^(\w+):", dvc("status", cwd=project).stdout, re.MULTILINE) == ["tune"]
+    code.write_text(code.read_text().removesuffix("# changed\n"))
+
+    git("add", "dvc.lock", cwd=project)
+    git("commit", "-qm", "results of the run", cwd=project)
+    ran = dvc("exp", "run", "-S", "config.yaml:unet.epochs=2", cwd=project).stdout
+    stages = set(re.findall(r"Running stage '(\w+)'", ran))
+    assert {"config", "train_unet", "tune", "submit"} <= stages  # score: if the csv changed
+    assert not stages & {"fetch", "masks", "eda", "split", "train_classifier"}
+    assert len(pd.read_csv(project / "results/train/unet.csv")) == 2
+
+    (project / "configs/longer.yaml").write_text("classifier:\n  epochs: 2\n")
+    ran = dvc("exp", "run", "-S", "configfile=configs/longer.yaml", cwd=project).stdout
+    assert "Running stage 'train_classifier'" in ran
+    assert len(pd.read_csv(project / "results/train/classifier.csv")) == 2
+    record = yaml.safe_load((project / "results/config.yaml").read_text())
+    assert record["classifier"]["epochs"] == record["unet"]["epochs"] == 2
+    shown = dvc("exp", "show", "--csv", cwd=project).stdout
+    assert "configs/longer.yaml" in shown
+    assert "configfile" in dvc("params", "diff", cwd=project).stdout
 
 
 def test_a_killed_run_resumes_training_and_finishes(project):
     config = yaml.safe_load((project / "config.yaml").read_text())
     config["unet"]["epochs"] = 3
     (project / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": WITHOUT_VENV}
     process = subprocess.Popen(
         [BIN / "snakemake", "--cores", "2"],
         cwd=project,
@@ -223,20 +310,51 @@ def test_a_bad_config_stops_snakemake_with_one_clear_line(project):
     assert "seed: expected a value >= 0, got -3" in result.stdout + result.stderr
 
 
-def test_another_config_file_reaches_every_stage():
-    stages = snakemake_stages_with("--configfile", "configs/kaggle.yaml")
-    configured = [s for s in stages.values() if "--config " in s["cmd"]]
-    assert len(configured) >= 6
-    assert all("--config configs/kaggle.yaml" in s["cmd"] for s in configured)
+def test_every_stage_reads_the_config_snakemake_validated(project):
+    """config.yaml, then a partial --configfile, then --config (a key and a section): the
+    recorded config, the data and the trained network all follow that merge, and only a
+    setting that changes a result reruns anything."""
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    config["seed"] = 7
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    (project / "my.yaml").write_text("unet:\n  epochs: 2\n")
+    targets = ["models/unet.pt", "results/config.yaml"]
+    layers = ["--configfile", "my.yaml", "--config", "split={val_fold: 1}", "unet={lr: 2e-3}"]
+    snakemake("--cores", "2", *targets, *layers, cwd=project)
+
+    record = yaml.safe_load((project / "results/config.yaml").read_text())
+    assert record["seed"] == 7 and record["split"]["val_fold"] == 1  # config.yaml, --config
+    assert record["unet"]["epochs"] == 2 and record["unet"]["lr"] == 0.002  # my.yaml, --config
+    assert record["unet"]["batch_size"] == config["unet"]["batch_size"]  # config.yaml
+    assert "machine" not in record
+    assert torch.load(project / "models/unet.pt", weights_only=True)["config"] == record["unet"]
+    assert pd.read_csv(project / "results/train/unet.csv").epoch.tolist() == [1, 2]
+    train_ids = set(pd.read_csv(project / "resources/raw/train.csv").ImageId)
+    assert synthetic.image_id(7, "train", 0) in train_ids  # drawn with seed 7
+
+    def planned(*extra):
+        out = snakemake("--dry-run", *targets, *layers, *extra, cwd=project)
+        return set(re.findall(r"^rule (\w+):", out.stdout, re.MULTILINE))
+
+    assert planned() == set()
+    assert planned("machine={workers: 1, threads: 1}") == set()  # how, not what
+    assert planned("augment={hflip: false}") == {"train_unet", "config"}
+    (project / "steelflow/losses.py").write_text(
+        (project / "steelflow/losses.py").read_text() + "# changed\n"
+    )
+    assert planned() == {"train_unet"}  # the code it imports
 
 
-def test_command_line_overrides_are_refused_since_stages_would_not_see_them():
-    result = snakemake("--dry-run", "--config", "seed=1", check=False)
-    assert result.returncode != 0 and "not --config KEY=VALUE" in result.stdout + result.stderr
+def test_a_partial_configfile_alone_reaches_the_stages_layered_over_config_yaml():
+    stages = snakemake_stages("--configfile", "configs/kaggle.yaml", "--config", "seed=7")
+    configured = [s["cmd"] for s in stages.values() if "--config " in s["cmd"]]
+    assert len(configured) == len(stages) - 2  # all but masks and score
+    layers = "--config config.yaml --config configs/kaggle.yaml --set seed=7"
+    assert all(layers in cmd for cmd in configured)
 
 
 def test_the_submission_target_builds_what_it_needs_and_nothing_else():
-    jobs = set(snakemake_stages_with("submission.csv"))
+    jobs = set(snakemake_stages("submission.csv"))
     assert jobs == {"fetch", "masks", "split", "train_classifier", "train_unet", "tune", "submit"}
 
 
@@ -279,3 +397,18 @@ def test_the_tiny_workflow_runs_through_a_real_slurm(project, local_slurm):
     submission = pd.read_csv(project / "submission.csv", keep_default_na=False)
     assert len(submission) == 4 * TINY["n_test"]
     assert json.loads((project / "results/metrics.json").read_text())["dice"] is not None
+
+
+def test_each_stage_code_is_what_its_command_imports():
+    from steelflow.code import stage_code
+
+    train, tune = set(stage_code("train")), set(stage_code("tune"))
+    assert {"steelflow/train.py", "steelflow/losses.py", "steelflow/tasks.py"} <= train
+    assert "steelflow/tune.py" not in train and "steelflow/predict.py" not in train
+    assert {"steelflow/tune.py", "steelflow/predict.py", "steelflow/models.py"} <= tune
+    assert "steelflow/losses.py" not in tune
+    assert "workflow/schemas/config.schema.yaml" in train  # its defaults are settings
+    assert "workflow/schemas/config.schema.yaml" not in stage_code("masks")  # no config
+    assert all((ROOT / f).is_file() for f in train | tune)
+    with pytest.raises(ValueError, match="no stage 'nope'"):
+        stage_code("nope")

@@ -1,37 +1,73 @@
-"""Helpers shared by the rules."""
+"""The config every stage reads, the code each stage runs, and helpers shared by the rules."""
 
+import shlex
+import sys
 from pathlib import Path
 
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-def config_file():
-    """The config file each `steelflow` stage reads: config.yaml or the one --configfile."""
-    given = workflow.config_settings.configfiles
-    if workflow.config_settings.config or len(given) > 1:
-        raise ValueError(
-            "steelflow stages read one config file: change config.yaml or pass a single "
-            "--configfile, not --config KEY=VALUE or several files"
-        )
-    if not given:
-        return "config.yaml"
-    path = Path(given[0])
-    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+from steelflow.code import stage_code
+from steelflow.config import dotted_leaves, format_override, parse_value, set_dotted, validate
+
+# --config KEY=VALUE (a section as KEY='{epochs: 1}') as dotted keys. Snakemake
+# reads values inside a section as text, so each value is read again as a number or YAML.
+OVERRIDES = {
+    key: parse_value(value) if isinstance(value, str) else value
+    for key, value in dotted_leaves(workflow.config_settings.config).items()
+}
+for key, value in OVERRIDES.items():
+    set_dotted(config, key, value)
+validate(config)
 
 
-CONFIG_FILE = config_file()
+def config_arguments():
+    """What each stage is told, so that it reads the config Snakemake validated:
+    config.yaml, then each --configfile, then each --config KEY=VALUE."""
+    files = [] if workflow.config_settings.replace_workflow_config else [Path("config.yaml")]
+    files += workflow.config_settings.configfiles
+    here = Path.cwd()
+    names = [str(f.relative_to(here)) if f.is_relative_to(here) else str(f) for f in files]
+    sets = [format_override(key, value) for key, value in OVERRIDES.items()]
+    return " ".join(
+        [f"--config {shlex.quote(n)}" for n in names] + [f"--set {shlex.quote(s)}" for s in sets]
+    )
+
+
+class Arguments:
+    """Text for a shell command that is not a rerun trigger: Snakemake leaves params it
+    cannot serialise out of its record, so the `settings` params alone (which leave out
+    the machine section) decide when a rule reruns."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
+CONFIG = Arguments(config_arguments())
+
+# Rules run `steelflow` from the environment that runs Snakemake (unless conda
+# provides one), so a venv works without being activated.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    shell.prefix(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; ")
+
+# Each rule's code inputs: stage_code(stage) lists the package files its
+# command imports, so a code change reruns the rules that run it.
 
 # Light rules run where Snakemake runs, not as cluster jobs (fetch also needs
 # the network, which compute nodes often lack).
 localrules:
     all,
+    config,
     fetch,
     split,
     score,
 
 
-def training_settings(network):
-    """The config a network's training reads; a change reruns the rule."""
-    keys = ("seed", "split", "train", "augment", network)
-    return {key: config[key] for key in keys}
+def settings(*sections):
+    """The config sections a stage reads (never `machine`): a change reruns the rule."""
+    return {section: config[section] for section in sections}
 
 
 def gpus():
@@ -41,4 +77,9 @@ def gpus():
 
 def all_outputs():
     """The final products of the workflow."""
-    return ["results/eda/stats.json", "submission.csv", "results/metrics.json"]
+    return [
+        "results/config.yaml",
+        "results/eda/stats.json",
+        "submission.csv",
+        "results/metrics.json",
+    ]

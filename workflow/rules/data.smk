@@ -1,12 +1,30 @@
-"""Data: fetch the Kaggle layout, decode the masks, explore, split into folds."""
+"""Data: record the config, fetch the Kaggle layout, decode the masks, explore, split into folds."""
+
+
+rule config:
+    input:
+        code=stage_code("config"),
+    output:
+        "results/config.yaml",
+    params:
+        config=CONFIG,
+        settings=settings(*(section for section in config if section != "machine")),
+    log:
+        "logs/config.log",
+    conda:
+        "../envs/steelflow.yaml"
+    shell:
+        "steelflow config {params.config} --out {output} > {log} 2>&1"
 
 
 rule fetch:
+    input:
+        code=stage_code("fetch"),
     output:
         directory("resources/raw"),
     params:
-        config_file=CONFIG_FILE,
-        settings={"seed": config["seed"], "data": config["data"]},  # rerun when they change
+        config=CONFIG,
+        settings=settings("seed", "data"),
     log:
         "logs/fetch.log",
     benchmark:
@@ -15,12 +33,13 @@ rule fetch:
     conda:
         "../envs/steelflow.yaml"
     shell:
-        "steelflow fetch --config {params.config_file} --out {output} > {log} 2>&1"
+        "steelflow fetch {params.config} --out {output} > {log} 2>&1"
 
 
 rule masks:
     input:
-        "resources/raw",
+        raw="resources/raw",
+        code=stage_code("masks"),
     output:
         directory("results/masks"),
     log:
@@ -30,13 +49,14 @@ rule masks:
     conda:
         "../envs/steelflow.yaml"
     shell:
-        "steelflow masks --raw {input} --out {output} > {log} 2>&1"
+        "steelflow masks --raw {input.raw} --out {output} > {log} 2>&1"
 
 
 rule eda:
     input:
         raw="resources/raw",
         masks="results/masks",
+        code=stage_code("eda"),
     output:
         stats="results/eda/stats.json",
         balance=report("results/eda/class_balance.png", caption="../report/class_balance.rst", category="Data"),
@@ -44,8 +64,8 @@ rule eda:
         areas=report("results/eda/mask_areas.png", caption="../report/mask_areas.rst", category="Data"),
         examples=report("results/eda/examples.png", caption="../report/examples.rst", category="Data"),
     params:
-        config_file=CONFIG_FILE,
-        settings={"seed": config["seed"], "eda": config["eda"]},
+        config=CONFIG,
+        settings=settings("seed", "eda"),
     log:
         "logs/eda.log",
     benchmark:
@@ -53,7 +73,7 @@ rule eda:
     conda:
         "../envs/steelflow.yaml"
     shell:
-        "steelflow eda --config {params.config_file} --raw {input.raw} --masks {input.masks} "
+        "steelflow eda {params.config} --raw {input.raw} --masks {input.masks} "
         "--stats {output.stats} --class-balance {output.balance} "
         "--defects-per-image {output.per_image} --mask-areas {output.areas} "
         "--examples {output.examples} > {log} 2>&1"
@@ -61,12 +81,13 @@ rule eda:
 
 rule split:
     input:
-        "results/masks",
+        masks="results/masks",
+        code=stage_code("split"),
     output:
         "results/split.csv",
     params:
-        config_file=CONFIG_FILE,
-        settings={"seed": config["seed"], "split": config["split"]},
+        config=CONFIG,
+        settings=settings("seed", "split"),
     log:
         "logs/split.log",
     benchmark:
@@ -74,4 +95,4 @@ rule split:
     conda:
         "../envs/steelflow.yaml"
     shell:
-        "steelflow split --config {params.config_file} --masks {input} --out {output} > {log} 2>&1"
+        "steelflow split {params.config} --masks {input.masks} --out {output} > {log} 2>&1"

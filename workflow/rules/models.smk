@@ -6,13 +6,14 @@ rule train_classifier:
         raw="resources/raw",
         masks="results/masks",
         split="results/split.csv",
+        code=stage_code("train"),
     output:
         model="models/classifier.pt",
         history="results/train/classifier.csv",
         curves=report("results/train/classifier.png", caption="../report/train_classifier.rst", category="Training"),
     params:
-        config_file=CONFIG_FILE,
-        settings=training_settings("classifier"),
+        config=CONFIG,
+        settings=settings("seed", "split", "train", "augment", "classifier"),
     log:
         "logs/train_classifier.log",
     benchmark:
@@ -23,7 +24,7 @@ rule train_classifier:
     conda:
         "../envs/steelflow.yaml"
     shell:
-        "steelflow train classifier --config {params.config_file} --raw {input.raw} "
+        "steelflow train classifier {params.config} --raw {input.raw} "
         "--masks {input.masks} --split {input.split} --out {output.model} "
         "--history {output.history} --curves {output.curves} --resume > {log} 2>&1"
 
@@ -33,13 +34,14 @@ rule train_unet:
         raw="resources/raw",
         masks="results/masks",
         split="results/split.csv",
+        code=stage_code("train"),
     output:
         model="models/unet.pt",
         history="results/train/unet.csv",
         curves=report("results/train/unet.png", caption="../report/train_unet.rst", category="Training"),
     params:
-        config_file=CONFIG_FILE,
-        settings=training_settings("unet"),
+        config=CONFIG,
+        settings=settings("seed", "split", "train", "augment", "unet"),
     log:
         "logs/train_unet.log",
     benchmark:
@@ -50,6 +52,6 @@ rule train_unet:
     conda:
         "../envs/steelflow.yaml"
     shell:
-        "steelflow train unet --config {params.config_file} --raw {input.raw} "
+        "steelflow train unet {params.config} --raw {input.raw} "
         "--masks {input.masks} --split {input.split} --out {output.model} "
         "--history {output.history} --curves {output.curves} --resume > {log} 2>&1"

@@ -8,12 +8,13 @@ rule tune:
         split="results/split.csv",
         classifier="models/classifier.pt",
         unet="models/unet.pt",
+        code=stage_code("tune"),
     output:
         thresholds="results/thresholds.json",
         figure=report("results/thresholds.png", caption="../report/tune.rst", category="Tuning"),
     params:
-        config_file=CONFIG_FILE,
-        settings={key: config[key] for key in ("split", "train", "tune", "predict")},
+        config=CONFIG,
+        settings=settings("split", "train", "tune", "predict"),
     log:
         "logs/tune.log",
     benchmark:
@@ -24,7 +25,7 @@ rule tune:
     conda:
         "../envs/steelflow.yaml"
     shell:
-        "steelflow tune --config {params.config_file} --raw {input.raw} --masks {input.masks} "
+        "steelflow tune {params.config} --raw {input.raw} --masks {input.masks} "
         "--split {input.split} --classifier {input.classifier} --unet {input.unet} "
         "--out {output.thresholds} --figure {output.figure} > {log} 2>&1"
 
@@ -35,11 +36,12 @@ rule submit:
         classifier="models/classifier.pt",
         unet="models/unet.pt",
         thresholds="results/thresholds.json",
+        code=stage_code("submit"),
     output:
         "submission.csv",
     params:
-        config_file=CONFIG_FILE,
-        settings={key: config[key] for key in ("train", "predict")},
+        config=CONFIG,
+        settings=settings("train", "predict"),
     log:
         "logs/submit.log",
     benchmark:
@@ -50,7 +52,7 @@ rule submit:
     conda:
         "../envs/steelflow.yaml"
     shell:
-        "steelflow submit --config {params.config_file} --raw {input.raw} "
+        "steelflow submit {params.config} --raw {input.raw} "
         "--classifier {input.classifier} --unet {input.unet} --thresholds {input.thresholds} "
         "--out {output} > {log} 2>&1"
 
@@ -59,6 +61,7 @@ rule score:
     input:
         submission="submission.csv",
         raw="resources/raw",
+        code=stage_code("score"),
     output:
         metrics="results/metrics.json",
         figure=report("results/predictions.png", caption="../report/predictions.rst", category="Results"),

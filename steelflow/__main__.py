@@ -1,0 +1,7 @@
+"""``python -m steelflow``: the same command as ``steelflow``."""
+
+import sys
+
+from steelflow.cli import main
+
+sys.exit(main())

@@ -28,6 +28,23 @@ from steelflow.config import load
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def data_paths(folder: Path | None) -> dict[str, Path]:
+    """Train images, mask cache and split: of the default run, or of ``folder``
+    (raw/, masks/ and split.csv, as `steelflow fetch`, `masks` and `split` write them)."""
+    if folder is None:
+        return {
+            "images": ROOT / "resources/raw/train_images",
+            "masks": ROOT / "results/masks",
+            "split": ROOT / "results/split.csv",
+        }
+    return {
+        "images": folder / "raw/train_images",
+        "masks": folder / "masks",
+        "split": folder / "split.csv",
+    }
+
+
 EARLIER = {"unet.head_prior": 0.5, "unet.sampler": "uniform"}  # the default before these runs
 LIGHT = {  # a cheaper U-Net: RegNetY-400MF encoder, narrow decoder to full input resolution
     "unet.sampler": "balanced",
@@ -54,6 +71,29 @@ VARIANTS = {
     "prior_balanced": {"unet.head_prior": 0.01, "unet.sampler": "balanced"},
     "regnet_fpn": {"unet.arch": "regnet_y_400mf", "unet.decoder": "fpn"},
     "clf_regnet": {"classifier.arch": "regnet_y_400mf"},
+    "prior_weights": {"unet.class_weights": [3, 2, 1, 1]},
+    "regnet_fpn_weights": {
+        "unet.arch": "regnet_y_400mf",
+        "unet.decoder": "fpn",
+        "unet.class_weights": [3, 2, 1, 1],
+    },
+    "regnet_w16_weights": {
+        "unet.arch": "regnet_y_400mf",
+        "unet.decoder_width": 16,
+        "unet.class_weights": [3, 2, 1, 1],
+    },
+    "regnet_w16_weights_fp32": {
+        "unet.arch": "regnet_y_400mf",
+        "unet.decoder_width": 16,
+        "unet.class_weights": [3, 2, 1, 1],
+        "train.precision": "fp32",
+    },
+    "regnet_fpn_weights10": {
+        "unet.arch": "regnet_y_400mf",
+        "unet.decoder": "fpn",
+        "unet.class_weights": [3, 2, 1, 1],
+        "unet.epochs": 10,
+    },
 }
 
 
@@ -65,7 +105,7 @@ def network_of(overrides: dict) -> str:
 METRICS = {"unet": [f"dice_defect_{c}" for c in (1, 2, 3, 4)], "classifier": ["auc", "f1"]}
 
 
-def run_variant(name: str, overrides: dict, epochs: int | None) -> dict:
+def run_variant(name: str, overrides: dict, epochs: int | None, data: dict) -> dict:
     network = network_of(overrides)
     extra = {f"{network}.epochs": epochs} if epochs else {}
     config = load(ROOT / "config.yaml", {**overrides, **extra})
@@ -75,9 +115,9 @@ def run_variant(name: str, overrides: dict, epochs: int | None) -> dict:
         train.run(
             network,
             config,
-            ROOT / "resources/raw/train_images",
-            ROOT / "results/masks",
-            ROOT / "results/split.csv",
+            data["images"],
+            data["masks"],
+            data["split"],
             {"out": out / "m.pt", "history": out / "m.csv", "curves": out / "m.png"},
         )
         seconds = time.perf_counter() - began
@@ -130,13 +170,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
     parser.add_argument("--epochs", type=int, help="override unet.epochs for every variant")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="a folder with raw/, masks/ and split.csv (default: the default run's data)",
+    )
     args = parser.parse_args()
-    if not (ROOT / "results/split.csv").is_file():
-        raise SystemExit("run `make run` first: the ablations train on its data")
+    data = data_paths(args.data)
+    if not data["split"].is_file():
+        raise SystemExit(f"no {data['split']}: run `make run` first, or pass --data")
     saved = RESULTS / "ablation.json"
     rows = json.loads(saved.read_text())["rows"] if saved.is_file() else []
     for name in args.variants:
-        row = run_variant(name, VARIANTS[name], args.epochs)
+        row = run_variant(name, VARIANTS[name], args.epochs, data)
         rows = [r for r in rows if r["variant"] != name] + [row]
         write_results("ablation", {"cpu": cpu_name(), "rows": rows}, markdown(rows))
 

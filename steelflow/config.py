@@ -139,6 +139,18 @@ def parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
+def retyped(value: Any) -> Any:
+    """``value`` with every text in it read by parse_value: Snakemake's --config
+    reads values inside a section, lists included, as text ('2', ['3', '1'])."""
+    if isinstance(value, str):
+        return parse_value(value)
+    if isinstance(value, list):
+        return [retyped(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: retyped(v) for k, v in value.items()}
+    return value
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse a command-line override ``key.sub=value`` (the value as parse_value reads it)."""
     key, sep, value = text.partition("=")

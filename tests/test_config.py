@@ -6,7 +6,14 @@ import pytest
 import yaml
 
 from steelflow.cli import main
-from steelflow.config import ConfigError, dotted_leaves, format_override, load, parse_override
+from steelflow.config import (
+    ConfigError,
+    dotted_leaves,
+    format_override,
+    load,
+    parse_override,
+    retyped,
+)
 from tests.conftest import ROOT
 
 
@@ -139,6 +146,14 @@ def test_overrides_written_for_a_command_line_read_back_the_same(value):
 def test_numbers_on_the_command_line_read_as_numbers():
     assert parse_override("unet.lr=1e-4") == ("unet.lr", 1e-4)  # YAML 1.1 would say '1e-4'
     assert parse_override("unet.class_weights=[3, 2, 1, 1]")[1] == [3, 2, 1, 1]
+
+
+def test_text_from_snakemake_sections_is_read_again():
+    assert retyped({"epochs": "2", "class_weights": ["3", "1"], "arch": "resnet18"}) == {
+        "epochs": 2,
+        "class_weights": [3, 1],
+        "arch": "resnet18",
+    }
 
 
 def test_sections_flatten_to_dotted_keys():

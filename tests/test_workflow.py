@@ -346,10 +346,14 @@ def test_every_stage_reads_the_config_snakemake_validated(project):
 
 
 def test_a_partial_configfile_alone_reaches_the_stages_layered_over_config_yaml():
-    stages = snakemake_stages("--configfile", "configs/kaggle.yaml", "--config", "seed=7")
+    section = "unet={class_weights: [3, 2, 1, 1], lr: 1e-4}"
+    stages = snakemake_stages("--configfile", "configs/kaggle.yaml", "--config", "seed=7", section)
     configured = [s["cmd"] for s in stages.values() if "--config " in s["cmd"]]
     assert len(configured) == len(stages) - 2  # all but masks and score
-    layers = "--config config.yaml --config configs/kaggle.yaml --set seed=7"
+    layers = (
+        "--config config.yaml --config configs/kaggle.yaml --set seed=7 "
+        "--set 'unet.class_weights=[3, 2, 1, 1]' --set unet.lr=0.0001"
+    )
     assert all(layers in cmd for cmd in configured)
 
 

@@ -7,13 +7,12 @@ from pathlib import Path
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from steelflow.code import stage_code
-from steelflow.config import dotted_leaves, format_override, parse_value, set_dotted, validate
+from steelflow.config import dotted_leaves, format_override, retyped, set_dotted, validate
 
 # --config KEY=VALUE (a section as KEY='{epochs: 1}') as dotted keys. Snakemake
-# reads values inside a section as text, so each value is read again as a number or YAML.
+# reads values inside a section as text, so each is read again as a number or YAML.
 OVERRIDES = {
-    key: parse_value(value) if isinstance(value, str) else value
-    for key, value in dotted_leaves(workflow.config_settings.config).items()
+    key: retyped(value) for key, value in dotted_leaves(workflow.config_settings.config).items()
 }
 for key, value in OVERRIDES.items():
     set_dotted(config, key, value)

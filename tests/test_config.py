@@ -92,6 +92,13 @@ def test_the_kaggle_config_is_valid_and_asks_for_real_data_settings():
     assert config["unet"]["scale"] == 1.0 and config["unet"]["pretrained"] == "imagenet"
 
 
+def test_the_realistic_config_layers_the_faint_preset_over_config_yaml():
+    config = load([ROOT / "config.yaml", ROOT / "configs" / "realistic.yaml"])
+    assert config["data"]["synthetic"]["preset"] == "realistic"
+    assert config["unet"]["epochs"] == config["classifier"]["epochs"] == 12
+    assert config["unet"]["class_weights"] == load(ROOT / "config.yaml")["unet"]["class_weights"]
+
+
 def test_the_schema_defaults_are_the_values_of_config_yaml():
     """One set of defaults: an empty config is config.yaml, key for key."""
     from steelflow.config import validate

@@ -29,6 +29,9 @@ from steelflow.config import load
 ROOT = Path(__file__).resolve().parents[1]
 
 
+DEFAULT_DATA = "default run"
+
+
 def data_paths(folder: Path | None) -> dict[str, Path]:
     """Train images, mask cache and split: of the default run, or of ``folder``
     (raw/, masks/ and split.csv, as `steelflow fetch`, `masks` and `split` write them)."""
@@ -88,6 +91,9 @@ VARIANTS = {
         "unet.class_weights": [3, 2, 1, 1],
         "train.precision": "fp32",
     },
+    "seed1_default": {"seed": 1},  # with --data: the seed-1 run's data (class 1 not learned)
+    "seed1_weights5": {"seed": 1, "unet.class_weights": [5, 2, 1, 1]},
+    "seed1_epochs9": {"seed": 1, "unet.epochs": 9},
     "regnet_fpn_weights10": {
         "unet.arch": "regnet_y_400mf",
         "unet.decoder": "fpn",
@@ -139,7 +145,7 @@ def run_variant(name: str, overrides: dict, epochs: int | None, data: dict) -> d
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        f"Ablations on the default data ({cpu_name()}, torch {torch.__version__}), one run "
+        f"Ablations ({cpu_name()}, torch {torch.__version__}), one run "
         "each: the last epoch's validation metrics (best epoch in brackets) and the "
         "training time including validation. U-Net: Dice on the defect pairs of each class "
         "at threshold 0.5. Classifier: AUC and F1 of 'any defect'.",
@@ -153,14 +159,15 @@ def markdown(rows: list[dict]) -> str:
             "",
             f"**{title}**",
             "",
-            "| variant | changes | epochs | seconds | img/s | " + " | ".join(names) + " |",
-            "|---|---|---|---|---|" + "---|" * len(names),
+            "| variant | data | changes | epochs | seconds | img/s | " + " | ".join(names) + " |",
+            "|---|---|---|---|---|---|" + "---|" * len(names),
         ]
         for r in chosen:
             changes = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "default"
             cells = [f"{r['last'][k]:.3f} ({r['best_of_epochs'][k]:.3f})" for k in names]
             lines.append(
-                f"| {r['variant']} | {changes} | {r['epochs']} | {r['seconds']:.0f} | "
+                f"| {r['variant']} | {r.get('data', DEFAULT_DATA)} | {changes} | {r['epochs']} | "
+                f"{r['seconds']:.0f} | "
                 f"{r['train_images_per_s']:.1f} | " + " | ".join(cells) + " |"
             )
     return "\n".join(lines) + "\n"
@@ -183,7 +190,9 @@ def main() -> None:
     rows = json.loads(saved.read_text())["rows"] if saved.is_file() else []
     for name in args.variants:
         row = run_variant(name, VARIANTS[name], args.epochs, data)
-        rows = [r for r in rows if r["variant"] != name] + [row]
+        row["data"] = str(args.data) if args.data else DEFAULT_DATA
+        same = (name, row["data"])
+        rows = [r for r in rows if (r["variant"], r.get("data", DEFAULT_DATA)) != same] + [row]
         write_results("ablation", {"cpu": cpu_name(), "rows": rows}, markdown(rows))
 
 

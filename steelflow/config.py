@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,16 +62,6 @@ def validate(config: dict[str, Any], schema: Path = SCHEMA) -> dict[str, Any]:
     return config
 
 
-def merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
-    """``layer`` over ``base``, section by section, as Snakemake layers config files."""
-    for key, value in layer.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            merge(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
-
-
 def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
     """Set ``config[a][b] = value`` for ``key`` ``a.b``; a mapping value is layered."""
     *parents, leaf = key.split(".")
@@ -81,7 +70,9 @@ def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {key!r}: {part!r} is not a section")
-    merge(node, {leaf: value})
+    from snakemake.utils import update_config  # layers exactly as Snakemake does
+
+    update_config(node, {leaf: value})
 
 
 def dotted_leaves(layer: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -118,9 +109,11 @@ def load(
     layers ``--configfile``), then ``overrides`` (dotted keys, e.g. ``{"unet.epochs": 1}``,
     as ``--config``), validated and with defaults filled in."""
     paths = [paths] if isinstance(paths, str | Path) else list(paths)
+    from snakemake.utils import update_config  # layers exactly as Snakemake does
+
     config: dict[str, Any] = {}
     for path in paths:
-        merge(config, read(path))
+        update_config(config, read(path))
     for key, value in (overrides or {}).items():
         set_dotted(config, key, value)
     try:

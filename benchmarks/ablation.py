@@ -120,6 +120,7 @@ def run_variant(name: str, overrides: dict, epochs: int | None, data: dict) -> d
         began = time.perf_counter()
         train.run(
             network,
+            config["train"]["folds"][0],
             config,
             data["images"],
             data["masks"],

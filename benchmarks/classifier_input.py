@@ -25,9 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     config = load(ROOT / "config.yaml")
-    predictor = Predictor(ROOT / "models/classifier.pt", ROOT / "models/unet.pt", config["train"])
+    models = [ROOT / "models/classifier_f0.pt"], [ROOT / "models/unet_f0.pt"]
+    predictor = Predictor(*models, config["train"])
     scale = predictor.classifier_cfg["scale"]
-    _, val_ids = split_ids(ROOT / "results/split.csv", config["split"]["val_fold"])
+    _, val_ids = split_ids(ROOT / "results/split.csv", config["train"]["folds"][0])
     labels = MaskCache(ROOT / "results/masks").classes().loc[val_ids].max(axis=1).to_numpy()
     images = ROOT / "resources/raw/train_images"
     size = (round(1600 * scale), round(256 * scale))

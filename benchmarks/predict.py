@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def measure(precision: str, paths: list[Path], config: dict, batch: int) -> dict:
     train_cfg = {**config["train"], "precision": precision}
-    predictor = Predictor(ROOT / "models/classifier.pt", ROOT / "models/unet.pt", train_cfg)
+    predictor = Predictor(
+        [ROOT / "models/classifier_f0.pt"], [ROOT / "models/unet_f0.pt"], train_cfg
+    )
     thresholds = Thresholds.load(ROOT / "results/thresholds.json")
 
     def end_to_end() -> int:
@@ -57,9 +59,9 @@ def measure(precision: str, paths: list[Path], config: dict, batch: int) -> dict
     @torch.no_grad()
     def forward_only() -> None:
         for x_classifier, x_unet in inputs:
-            predictor.forward(predictor.classifier, x_classifier)
+            predictor.average(predictor.classifiers, x_classifier, dense=False)
             if x_unet is not None:
-                predictor.forward(predictor.unet, x_unet)
+                predictor.average(predictor.unets, x_unet, dense=True)
 
     forward_only(), end_to_end()  # warm-up
     times = {}

@@ -117,11 +117,16 @@ def _train(args: argparse.Namespace) -> None:
     from steelflow.train import run
 
     config = _load(args)
+    if args.fold >= config["split"]["folds"]:
+        raise ValueError(
+            f"--fold {args.fold}: expected a fold below split.folds ({config['split']['folds']})"
+        )
     processes = config["train"]["nproc_per_node"]
     if processes > 1 and not distributed.launched():
         distributed.relaunch(args.argv, processes)  # becomes torchrun: one process per device
     best = run(
         args.network,
+        args.fold,
         config,
         Path(args.raw) / "train_images",
         Path(args.masks),
@@ -133,31 +138,47 @@ def _train(args: argparse.Namespace) -> None:
         print(json.dumps({"best": best}, indent=2))
 
 
-def _predictor(args: argparse.Namespace, config: dict):
+def fold_paths(pattern: str, folds: list[int]) -> list[Path]:
+    """The checkpoint of each fold, from a path with ``{fold}`` in it (a path without
+    one is a single model)."""
+    if "{fold}" not in pattern:
+        return [Path(pattern)]
+    return [Path(pattern.replace("{fold}", str(fold))) for fold in folds]
+
+
+def _predictor(args: argparse.Namespace, config: dict, fold: int | None = None):
+    """Both networks of ``fold``; of every fold of train.folds (an ensemble) when None."""
     from steelflow.predict import Predictor
 
+    folds = config["train"]["folds"] if fold is None else [fold]
     return Predictor(
-        Path(args.classifier), Path(args.unet), config["train"], hflip=config["predict"]["hflip"]
+        fold_paths(args.classifier, folds),
+        fold_paths(args.unet, folds),
+        config["train"],
+        config["predict"]["tta"],
     )
 
 
 def _tune(args: argparse.Namespace) -> None:
-    from steelflow.dataset import split_ids
     from steelflow.masks import MaskCache
-    from steelflow.tune import gather, plot_search, search
+    from steelflow.tune import out_of_fold, plot_search, search
 
     config = _load(args)
-    cfg = config["tune"]
-    _, val_ids = split_ids(Path(args.split), config["split"]["val_fold"])
-    evidence = gather(
-        _predictor(args, config),
+    cfg, folds = config["tune"], config["train"]["folds"]
+    if len(folds) > 1 and not all("{fold}" in p for p in (args.classifier, args.unet)):
+        raise ValueError(
+            f"--classifier {args.classifier} --unet {args.unet}: with train.folds {folds}, "
+            "both need {fold} in the path, to find the models of each fold"
+        )
+    evidence = out_of_fold(
+        lambda fold: _predictor(args, config, fold),
+        folds,
+        Path(args.split),
         Path(args.raw) / "train_images",
         MaskCache(args.masks),
-        val_ids,
-        cfg["pixel_thresholds"],
-        cfg["batch_size"],
+        cfg,
     )
-    result = search(evidence, cfg)
+    result = {"folds": folds, **search(evidence, cfg)}
     write_json(args.out, result)
     plot_search(evidence, cfg, result, Path(args.figure))
     print(json.dumps(result, indent=2))
@@ -255,23 +276,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stages.add_parser("train", parents=[configured], help="train the classifier or the U-Net")
     p.add_argument("network", choices=["classifier", "unet"])
+    p.add_argument(
+        "--fold", type=int, default=0, help="the fold that validates; the others train (0)"
+    )
     p.add_argument("--raw", default="resources/raw", help="Kaggle layout folder (resources/raw)")
     p.add_argument("--masks", default="results/masks", help="mask cache (results/masks)")
     p.add_argument("--split", default="results/split.csv", help="folds (results/split.csv)")
-    p.add_argument("--out", required=True, help="best checkpoint, e.g. models/unet.pt")
-    p.add_argument("--history", required=True, help="per-epoch CSV, e.g. results/train/unet.csv")
-    p.add_argument("--curves", required=True, help="training curves, e.g. results/train/unet.png")
+    p.add_argument("--out", required=True, help="best checkpoint, e.g. models/unet_f0.pt")
+    p.add_argument("--history", required=True, help="per-epoch CSV, e.g. results/train/unet_f0.csv")
+    p.add_argument(
+        "--curves", required=True, help="training curves, e.g. results/train/unet_f0.png"
+    )
     p.add_argument("--resume", action="store_true", help="go on from the last checkpoint if any")
     p.set_defaults(run=_train)
 
     models = argparse.ArgumentParser(add_help=False)
-    models.add_argument("--classifier", default="models/classifier.pt", help="stage 1 checkpoint")
-    models.add_argument("--unet", default="models/unet.pt", help="stage 2 checkpoint")
+    for network, stage in (("classifier", "stage 1"), ("unet", "stage 2")):
+        models.add_argument(
+            f"--{network}",
+            default=f"models/{network}_f{{fold}}.pt",
+            help=f"{stage} checkpoints; {{fold}} stands for each of train.folds "
+            f"(models/{network}_f{{fold}}.pt)",
+        )
 
     p = stages.add_parser(
         "tune",
         parents=[configured, models],
-        help="thresholds, minimum areas and gate on the validation fold",
+        help="thresholds, minimum areas and gate, out of fold on the folds of train.folds",
     )
     p.add_argument("--raw", default="resources/raw", help="Kaggle layout folder (resources/raw)")
     p.add_argument("--masks", default="results/masks", help="mask cache (results/masks)")

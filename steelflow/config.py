@@ -53,11 +53,11 @@ def validate(config: dict[str, Any], schema: Path = SCHEMA) -> dict[str, Any]:
         if not isinstance(cause, ValidationError):
             raise
         raise ConfigError(f"invalid config: {_describe(cause)}") from None
-    split = config["split"]
-    if split["val_fold"] >= split["folds"]:
+    outside = [f for f in config["train"]["folds"] if f >= config["split"]["folds"]]
+    if outside:
         raise ConfigError(
-            f"invalid config: split.val_fold: expected a fold below split.folds "
-            f"({split['folds']}), got {split['val_fold']}"
+            f"invalid config: train.folds: expected folds below split.folds "
+            f"({config['split']['folds']}), got {outside[0]}"
         )
     return config
 

@@ -2,10 +2,12 @@
 
 Each network sees an image exactly as it saw images in training: decoded by
 libjpeg straight at the network's scale (``dataset.decode_gray``). The U-Net's
-probabilities come back at full size (256x1600); the tuned post-processing then
-keeps, per class, the pixels above the class's threshold, drops a mask smaller
-than the class's minimum area, and empties every class of an image the
-classifier calls clean. ``predict_images`` is the one batch loop of ``submit``,
+probabilities come back at full size (256x1600), averaged over the models of
+every trained fold and the flipped views of test-time augmentation. The tuned
+post-processing then keeps, per class, the pixels above the class's threshold
+(optionally only where the class is the most probable), drops components and
+masks smaller than the class's minimums, and empties every class of an image
+the classifier calls clean. ``predict_images`` is the one batch loop of ``submit``,
 ``predict`` and the benchmarks.
 """
 
@@ -51,12 +53,15 @@ def load_network(path: Path, task: str, device: torch.device):
 
 @dataclass
 class Thresholds:
-    """Post-processing per class (index 0 = class 1) and the clean/defect gate."""
+    """Post-processing per class (index 0 = class 1), the clean/defect gate and the
+    non-overlap rule."""
 
     gate: float
+    non_overlap: bool
     enabled: list[bool]
     pixel: list[float]
     min_area: list[int]
+    min_component: list[int]
 
     @classmethod
     def load(cls, path: Path) -> Thresholds:
@@ -69,45 +74,104 @@ class Thresholds:
             classes = [data["classes"][str(c)] for c in CLASSES]
             return cls(
                 float(data["classifier_gate"]),
+                bool(data["non_overlap"]),
                 [bool(c["enabled"]) for c in classes],
                 [float(c["threshold"]) for c in classes],
                 [int(c["min_area"]) for c in classes],
+                [int(c["min_component_area"]) for c in classes],
             )
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(
                 f"{path}: not thresholds from steelflow tune (expected JSON with "
-                f"classifier_gate and classes 1-{C}, each with enabled, threshold, min_area; "
+                f"classifier_gate, non_overlap and classes 1-{C}, each with enabled, threshold, "
+                f"min_area, min_component_area; "
                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
             ) from None
+
+
+def exclusive(prob: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) probabilities with every class but the most probable zeroed at each
+    pixel: true masks never overlap."""
+    return prob * (prob == prob.amax(dim=1, keepdim=True))
+
+
+def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected components of a (H, W) uint8 mask: labels (0 = background) and the
+    pixel count of each label."""
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    return labels, stats[:, cv2.CC_STAT_AREA]
+
+
+def drop_small_components(mask: np.ndarray, minimum: int) -> np.ndarray:
+    """A (H, W) uint8 mask without its components of fewer than ``minimum`` pixels."""
+    if not minimum or not mask.any():
+        return mask
+    labels, areas = components(mask)
+    keep = areas >= minimum
+    keep[0] = False
+    return keep[labels].view(np.uint8)
 
 
 def postprocess(prob: torch.Tensor, th: Thresholds) -> np.ndarray:
     """(N, C, H, W) probabilities of images past the gate to (N, C, H, W) uint8 masks.
 
-    Per class: pixels above its threshold, kept if the class is on and the mask
-    has at least its minimum area.
+    Optionally only the most probable class per pixel; then per class: pixels above
+    its threshold, without components below its minimum, kept if the class is on
+    and the mask has at least its minimum area.
     """
-    above = prob > torch.tensor(th.pixel, dtype=prob.dtype).view(1, C, 1, 1)
-    area = above.view(torch.uint8).flatten(2).sum(-1, dtype=torch.int32)  # 2x a bool sum
-    keep = torch.tensor(th.enabled) & (area >= torch.tensor(th.min_area))
-    return (above & keep[:, :, None, None]).to(torch.uint8).numpy()
+    if th.non_overlap:
+        prob = exclusive(prob)
+    above = (prob > torch.tensor(th.pixel, dtype=prob.dtype).view(1, C, 1, 1)).numpy()
+    masks = above.view(np.uint8)
+    for k, minimum in enumerate(th.min_component):
+        if minimum:
+            for mask in masks[:, k]:
+                mask[:] = drop_small_components(mask, minimum)
+    area = masks.reshape(*masks.shape[:2], -1).sum(-1, dtype=np.int64)
+    keep = np.array(th.enabled) & (area >= np.array(th.min_area))
+    return masks * keep[:, :, None, None].astype(np.uint8)
 
 
 Views = dict[float, np.ndarray]  # an image at each scale the networks take
 
+FLIPS = {  # the image dimensions each test-time view flips
+    "none": [()],
+    "hflip": [(), (-1,)],
+    "hflip+vflip": [(), (-1,), (-2,), (-2, -1)],
+}
+
+
+def load_ensemble(paths: list[Path], task: str, device: torch.device):
+    """The networks of ``paths`` and their config section (of the first): all must take
+    their input at the same scale."""
+    loaded = [load_network(path, task, device) for path in paths]
+    scales = {cfg["scale"] for _, cfg in loaded}
+    if len(scales) > 1:
+        raise ValueError(
+            f"{', '.join(map(str, paths))}: {task} models of one ensemble must take the same "
+            f"input scale, got {sorted(scales)}"
+        )
+    return [model for model, _ in loaded], loaded[0][1]
+
 
 class Predictor:
-    """Both networks on a device, in the precision of the training config."""
+    """The classifiers and U-Nets of the trained folds on a device, in the precision of
+    the training config; their probabilities are averaged over the models and the
+    ``tta`` flips (``FLIPS``)."""
 
-    def __init__(self, classifier: Path, unet: Path, train_cfg: dict, hflip: bool = False):
+    def __init__(
+        self, classifiers: list[Path], unets: list[Path], train_cfg: dict, tta: str = "none"
+    ):
         self.device = pick_device(train_cfg["device"])
         self.dtype = pick_precision(train_cfg["precision"], self.device)
         self.memory = memory_format(train_cfg["channels_last"])
-        self.classifier, self.classifier_cfg = load_network(classifier, "classifier", self.device)
-        self.unet, self.unet_cfg = load_network(unet, "unet", self.device)
-        self.classifier.to(memory_format=self.memory)
-        self.unet.to(memory_format=self.memory)
-        self.hflip = hflip
+        self.classifiers, self.classifier_cfg = load_ensemble(
+            classifiers, "classifier", self.device
+        )
+        self.unets, self.unet_cfg = load_ensemble(unets, "unet", self.device)
+        for model in self.classifiers + self.unets:
+            model.to(memory_format=self.memory)
+        self.flips = FLIPS[tta]
 
     @property
     def scales(self) -> set[float]:
@@ -130,24 +194,29 @@ class Predictor:
         x = normalise(torch.from_numpy(np.stack(grays)))[:, None]
         return x.to(self.device).contiguous(memory_format=self.memory)
 
-    def forward(self, model, x: torch.Tensor) -> torch.Tensor:
-        """Logits of ``model`` in fp32, computed in the predictor's precision."""
-        with autocast(self.device, self.dtype):
-            return model(x).float()
+    def average(self, models: list, x: torch.Tensor, dense: bool) -> torch.Tensor:
+        """Mean sigmoid of ``models`` over the flipped views of ``x``, in fp32; a ``dense``
+        (per-pixel) output is flipped back before it is averaged."""
+        total = 0
+        for model in models:
+            for dims in self.flips:
+                with autocast(self.device, self.dtype):
+                    logits = model(x.flip(dims) if dims else x).float()
+                prob = torch.sigmoid(logits)
+                total = total + (prob.flip(dims) if dense and dims else prob)
+        return total / (len(models) * len(self.flips))
 
     @torch.no_grad()
     def defect_prob(self, views: list[Views]) -> np.ndarray:
         """Classifier probability that each image has any defect, shape (N,)."""
         x = self.prepare([v[self.classifier_cfg["scale"]] for v in views])
-        return torch.sigmoid(self.forward(self.classifier, x)).amax(dim=1).cpu().numpy()
+        return self.average(self.classifiers, x, dense=False).amax(dim=1).cpu().numpy()
 
     @torch.no_grad()
     def mask_prob(self, views: list[Views]) -> torch.Tensor:
-        """U-Net probabilities at full size, (N, C, H, W) on the CPU; hflip-averaged if asked."""
+        """U-Net probabilities at full size, (N, C, H, W) on the CPU."""
         x = self.prepare([v[self.unet_cfg["scale"]] for v in views])
-        prob = torch.sigmoid(self.forward(self.unet, x))
-        if self.hflip:
-            prob = (prob + torch.sigmoid(self.forward(self.unet, x.flip(-1))).flip(-1)) / 2
+        prob = self.average(self.unets, x, dense=True)
         if prob.shape[-2:] != (H, W):
             prob = F.interpolate(prob, size=(H, W), mode="bilinear", align_corners=False)
         return prob.cpu()

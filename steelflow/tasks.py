@@ -18,19 +18,24 @@ from steelflow.models import build_classifier, build_unet
 
 
 class Task:
-    """A network's config section and its train and validation sets."""
+    """A network's config section and its train and validation sets: fold ``fold``
+    validates, the other folds train."""
 
     name: str
 
-    def __init__(self, config: dict):
-        self.config = config
+    def __init__(self, config: dict, fold: int):
+        self.config, self.fold = config, fold
         self.cfg = config[self.name]
 
     def recipe(self, train: SteelDataset, val: SteelDataset) -> dict:
-        """Everything that shapes the weights: a run resumes only from the same recipe."""
-        sections = ("seed", "split", "augment", "train", self.name)
+        """Everything that shapes the weights: a run resumes only from the same recipe.
+        (Which other folds are trained does not shape this one.)"""
+        sections = ("seed", "split", "augment", self.name)
+        train_cfg = {k: v for k, v in self.config["train"].items() if k != "folds"}
         return {
             **{key: self.config[key] for key in sections},
+            "train": train_cfg,
+            "fold": self.fold,
             "train_ids": list(train.image_ids),
             "val_ids": list(val.image_ids),
         }
@@ -46,7 +51,7 @@ class Task:
     def datasets(
         self, images: Path, cache: MaskCache, split: Path
     ) -> tuple[SteelDataset, SteelDataset]:
-        train_ids, val_ids = split_ids(split, self.config["split"]["val_fold"])
+        train_ids, val_ids = split_ids(split, self.fold)
         common = {"scale": self.cfg["scale"], "seed": self.config["seed"]}
         train = SteelDataset(
             images, cache, train_ids, augment=self.config["augment"], **self.train_crop(), **common

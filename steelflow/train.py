@@ -201,6 +201,7 @@ def save_epoch(
 
 def run(
     name: str,
+    fold: int,
     config: dict,
     images: Path,
     masks: Path,
@@ -208,11 +209,11 @@ def run(
     outputs: dict[str, Path],
     resume: bool = False,
 ) -> dict | None:
-    """Train network ``name``; ``outputs`` holds the paths ``out`` (best checkpoint),
-    ``history`` (CSV) and ``curves`` (PNG). Returns the best validation row; None in the
-    processes other than the main one."""
+    """Train network ``name`` on every fold but ``fold``, which validates. ``outputs``
+    holds the paths ``out`` (best checkpoint), ``history`` (CSV) and ``curves`` (PNG).
+    Returns the best validation row; None in the processes other than the main one."""
     distributed.setup()
-    task = TASKS[name](config)
+    task = TASKS[name](config, fold)
     cfg, train_cfg = task.cfg, config["train"]
     torch.manual_seed(config["seed"])
     device = pick_device(train_cfg["device"])

@@ -1,13 +1,16 @@
-"""Post-processing tuned on the validation fold, from one pass of both networks.
+"""Post-processing tuned out of fold, from one pass of both networks per fold.
 
-The pass records, per validation image, the classifier's defect probability
-and, per class and pixel threshold, the predicted area and its overlap with
-the truth. Every combination of threshold, minimum area and classifier gate is
-then scored from those numbers alone, never by running the networks again.
+Each trained fold's models predict that fold's validation images, so every
+image is predicted by models that never trained on it. The pass records, per
+image, the classifier's defect probability and, per non-overlap option, class,
+pixel threshold and minimum component area, the predicted area and its overlap
+with the truth. Every combination of those, minimum area and classifier gate
+is then scored from these numbers alone, never by running the networks again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,44 +19,55 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from steelflow.dataset import split_ids
 from steelflow.io import CLASSES
 from steelflow.masks import MaskCache
 from steelflow.metrics import dice
-from steelflow.predict import Predictor
+from steelflow.predict import Predictor, components, exclusive
 from steelflow.report import class_colour, save
 
 
 @dataclass
 class Evidence:
-    """One inference pass over the validation images (N images, T pixel thresholds)."""
+    """One inference pass over validation images: N images, O non-overlap options,
+    T pixel thresholds, K minimum component areas."""
 
+    image_ids: np.ndarray  # (N,)
     defect_prob: np.ndarray  # (N,)
-    area: np.ndarray  # (N, C, T) predicted pixels above each threshold
-    overlap: np.ndarray  # (N, C, T) of those, pixels in the true mask
+    area: np.ndarray  # (N, O, C, T, K) predicted pixels above each threshold
+    overlap: np.ndarray  # (N, O, C, T, K) of those, pixels in the true mask
     truth: np.ndarray  # (N, C) true mask areas
+
+    @classmethod
+    def concat(cls, parts: list[Evidence]) -> Evidence:
+        """The evidence of several passes (one per fold) as one."""
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__annotations__))
 
 
 def gather(
-    predictor: Predictor,
-    images_dir: Path,
-    cache: MaskCache,
-    image_ids: list[str],
-    pixel_grid: list[float],
-    batch_size: int,
+    predictor: Predictor, images_dir: Path, cache: MaskCache, image_ids: list[str], cfg: dict
 ) -> Evidence:
-    """Run both networks once over ``image_ids`` and keep what the search needs."""
-    grid, order = torch.sort(torch.tensor(pixel_grid, dtype=torch.float32))
+    """Run both networks once over ``image_ids`` and keep what the search (``cfg``, the
+    tune section) needs."""
+    grid = torch.tensor(cfg["pixel_thresholds"], dtype=torch.float32)
+    minimums = np.asarray(cfg["min_component_areas"])
     probs, areas, overlaps, truths = [], [], [], []
-    for start in tqdm(range(0, len(image_ids), batch_size), desc="validation pass", unit="batch"):
-        ids = image_ids[start : start + batch_size]
+    step = cfg["batch_size"]
+    for start in tqdm(range(0, len(image_ids), step), desc="validation pass", unit="batch"):
+        ids = image_ids[start : start + step]
         views = [predictor.read(images_dir / i) for i in ids]
         probs.append(predictor.defect_prob(views))
         truth = torch.from_numpy(np.stack([cache[i] for i in ids])).bool()  # (n, C, H, W)
-        area, overlap = areas_above(predictor.mask_prob(views), truth, grid)
-        areas.append(area[..., torch.argsort(order)].numpy())  # back to the config's order
-        overlaps.append(overlap[..., torch.argsort(order)].numpy())
+        prob = predictor.mask_prob(views)
+        counted = [
+            areas_above(exclusive(prob) if rule else prob, truth, grid, minimums)
+            for rule in cfg["non_overlap"]
+        ]
+        areas.append(np.stack([area for area, _ in counted], axis=1))
+        overlaps.append(np.stack([overlap for _, overlap in counted], axis=1))
         truths.append(truth.sum(dim=(-2, -1)).numpy())
     return Evidence(
+        np.asarray(image_ids),
         np.concatenate(probs),
         np.concatenate(areas),
         np.concatenate(overlaps),
@@ -61,68 +75,108 @@ def gather(
     )
 
 
-def areas_above(prob: torch.Tensor, truth: torch.Tensor, grid: torch.Tensor):
-    """Pixels above each threshold of the ascending ``grid``, and how many of them are true.
+def out_of_fold(
+    predictors: Callable[[int], Predictor],
+    folds: list[int],
+    split: Path,
+    images_dir: Path,
+    cache: MaskCache,
+    cfg: dict,
+) -> Evidence:
+    """The evidence of every image of ``folds``, each predicted by its own fold's
+    models (``predictors(fold)``): the validation folds of the trained models."""
+    return Evidence.concat(
+        [
+            gather(predictors(fold), images_dir, cache, split_ids(split, fold)[1], cfg)
+            for fold in folds
+        ]
+    )
 
-    One pass: each pixel is binned by how many thresholds it exceeds, and the
-    counts per bin, summed from the top, give every threshold at once.
-    Shapes: prob, truth (n, C, H, W); returns two (n, C, T) tensors.
+
+def areas_above(prob: torch.Tensor, truth: torch.Tensor, grid: torch.Tensor, minimums):
+    """Pixels above each threshold of ``grid``, and how many of them are true, counting
+    only components of at least each of ``minimums`` pixels.
+
+    Shapes: prob, truth (n, C, H, W); returns two (n, C, T, K) arrays. Without
+    components to drop, one pass gives every threshold: each pixel is binned by
+    how many thresholds it exceeds, and the counts per bin, summed from the top,
+    give the area above each. Components are counted where a mask is not empty.
     """
     n, classes, bins = prob.shape[0], prob.shape[1], len(grid) + 1
-    exceeded = torch.bucketize(prob.contiguous(), grid)  # thresholds strictly below each pixel
+    ascending, order = torch.sort(grid)
+    exceeded = torch.bucketize(prob.contiguous(), ascending)  # thresholds strictly below
     index = exceeded + bins * torch.arange(n * classes).view(n, classes, 1, 1)
 
-    def above(selected: torch.Tensor) -> torch.Tensor:
+    def above(selected: torch.Tensor) -> np.ndarray:
         counts = torch.bincount(selected, minlength=n * classes * bins).view(n, classes, bins)
-        return counts.flip(-1).cumsum(-1).flip(-1)[..., 1:]  # above threshold j: bins > j
+        ranked = counts.flip(-1).cumsum(-1).flip(-1)[..., 1:]  # above threshold j: bins > j
+        return ranked[..., torch.argsort(order)].numpy()  # back to the grid's order
 
-    return above(index.flatten()), above(index[truth])
+    whole = above(index.flatten()), above(index[truth])
+    area, overlap = (np.repeat(w[..., None], len(minimums), axis=-1) for w in whole)
+    if not np.any(minimums):
+        return area, overlap
+    truth = truth.numpy()
+    for i, k, t in zip(*np.nonzero(whole[0]), strict=True):
+        labels, sizes = components((prob[i, k] > grid[t]).numpy().view(np.uint8))
+        hits = np.bincount(labels[truth[i, k]], minlength=len(sizes))
+        kept = sizes[None, 1:] >= minimums[:, None]  # (K, components)
+        area[i, k, t] = kept @ sizes[1:]
+        overlap[i, k, t] = kept @ hits[1:]
+    return area, overlap
 
 
-def class_dice(ev: Evidence, k: int, gates, min_areas) -> np.ndarray:
-    """Mean Dice of class index ``k`` for every (gate, pixel threshold, min area): (G, T, A)."""
-    area, overlap = ev.area[:, k], ev.overlap[:, k]  # (N, T)
-    truth = ev.truth[:, k][:, None]  # (N, 1)
-    kept = dice(overlap, area, truth)  # (N, T)
-    dropped = dice(0, 0, truth)  # (N, 1): the mask emptied
-    on = ev.defect_prob[:, None, None, None] >= np.asarray(gates)[None, :, None, None]  # (N,G,1,1)
-    big = area[:, None, :, None] >= np.asarray(min_areas)[None, None, None, :]  # (N, 1, T, A)
-    keep = on & big
-    return np.where(keep, kept[:, None, :, None], dropped[:, None, :, None]).mean(axis=0)
+def class_dice(ev: Evidence, o: int, k: int, gates, min_areas) -> np.ndarray:
+    """Mean Dice of class index ``k`` with non-overlap option ``o``, for every (gate,
+    pixel threshold, min area, min component area): (G, T, A, K)."""
+    area, overlap = ev.area[:, o, k], ev.overlap[:, o, k]  # (N, T, K)
+    truth = ev.truth[:, k][:, None, None]  # (N, 1, 1)
+    kept = dice(overlap, area, truth)[:, None, :, None, :]  # (N, 1, T, 1, K)
+    dropped = dice(0, 0, truth)[:, None, :, None]  # (N, 1, 1, 1, 1): the mask emptied
+    gate = np.asarray(gates)[None, :, None, None, None]
+    on = ev.defect_prob[:, None, None, None, None] >= gate  # (N, G, 1, 1, 1)
+    big = area[:, None, :, None, :] >= np.asarray(min_areas)[None, None, None, :, None]
+    return np.where(on & big, kept, dropped).mean(axis=0)
 
 
 def search(ev: Evidence, cfg: dict) -> dict:
-    """Choose the gate and, per class, threshold and minimum area; switch weak classes off.
+    """Choose the gate, the non-overlap rule and, per class, threshold, minimum area and
+    minimum component area; switch weak classes off.
 
     A class stays on only with at least ``min_support`` validation images that
     have it and a gain of at least ``min_gain`` Dice over predicting it empty.
-    Among settings within ``tie_tolerance`` of the best, the simplest wins:
-    the lowest gate, then the smallest minimum area, then the threshold nearest 0.5.
+    Among settings within ``tie_tolerance`` of the best, the simplest wins: the
+    non-overlap option listed first, the lowest gate, then the smallest minimum
+    area, the smallest minimum component area, the threshold nearest 0.5.
     """
-    gates, pixels, areas = cfg["gates"], cfg["pixel_thresholds"], cfg["min_areas"]
+    gates, pixels = cfg["gates"], cfg["pixel_thresholds"]
+    areas, pieces = cfg["min_areas"], cfg["min_component_areas"]
     n = len(ev.defect_prob)
     empty = (ev.truth == 0).mean(axis=0)  # (C,) Dice of predicting the class empty
     support = (ev.truth > 0).sum(axis=0)
-    tables = [class_dice(ev, k, gates, areas) for k in range(len(CLASSES))]  # (G, T, A) each
-    simplicity = np.abs(np.asarray(pixels) - 0.5)[:, None] * 1e-3 + np.arange(len(areas))[None, :]
+    rank = np.arange(len(areas))[:, None] * len(pieces) + np.arange(len(pieces))[None, :]
+    simplicity = np.abs(np.asarray(pixels) - 0.5)[:, None, None] * 1e-3 + rank[None]  # (T,A,K)
 
-    def best_setting(table: np.ndarray) -> tuple[int, int, float]:
+    def best_setting(table: np.ndarray) -> tuple[tuple[int, int, int], float]:
         near = table >= table.max() - cfg["tie_tolerance"]
-        t, a = np.unravel_index(np.where(near, simplicity, np.inf).argmin(), table.shape)
-        return int(t), int(a), float(table[t, a])
+        best = np.unravel_index(np.where(near, simplicity, np.inf).argmin(), table.shape)
+        return tuple(int(i) for i in best), float(table[best])
 
     plans = []
-    for g in range(len(gates)):
-        chosen = []
-        for k in range(len(CLASSES)):
-            t, a, dice = best_setting(tables[k][g])
-            on = bool(support[k] >= cfg["min_support"] and dice - empty[k] >= cfg["min_gain"])
-            chosen.append((t, a, dice if on else float(empty[k]), on))
-        plans.append((float(np.mean([c[2] for c in chosen])), g, chosen))
+    for o in range(len(cfg["non_overlap"])):
+        tables = [class_dice(ev, o, k, gates, areas) for k in range(len(CLASSES))]
+        for g in range(len(gates)):
+            chosen = []
+            for k in range(len(CLASSES)):
+                setting, dice = best_setting(tables[k][g])
+                on = bool(support[k] >= cfg["min_support"] and dice - empty[k] >= cfg["min_gain"])
+                chosen.append((setting, dice if on else float(empty[k]), on))
+            plans.append((float(np.mean([c[1] for c in chosen])), o, g, chosen))
     top = max(p[0] for p in plans)
-    score, g, chosen = next(p for p in plans if p[0] >= top - cfg["tie_tolerance"])
+    score, o, g, chosen = next(p for p in plans if p[0] >= top - cfg["tie_tolerance"])
     return {
         "classifier_gate": float(gates[g]),
+        "non_overlap": bool(cfg["non_overlap"][o]),
         "val_images": n,
         "val_dice": score,
         "val_dice_empty": float(empty.mean()),
@@ -131,23 +185,27 @@ def search(ev: Evidence, cfg: dict) -> dict:
                 "enabled": on,
                 "threshold": float(pixels[t]),
                 "min_area": int(areas[a]),
+                "min_component_area": int(pieces[c]),
                 "val_dice": dice,
                 "val_dice_empty": float(empty[k]),
                 "support": int(support[k]),
             }
-            for k, (t, a, dice, on) in enumerate(chosen)
+            for k, ((t, a, c), dice, on) in enumerate(chosen)
         },
     }
 
 
 def plot_search(ev: Evidence, cfg: dict, result: dict, path: Path) -> None:
-    """Per class: validation Dice against pixel threshold, one line per minimum area."""
+    """Per class: validation Dice against pixel threshold, one line per minimum area
+    (at the chosen gate, non-overlap rule and minimum component area)."""
     gate = [result["classifier_gate"]]
+    o = cfg["non_overlap"].index(result["non_overlap"])
     fig, axes = plt.subplots(1, len(CLASSES), figsize=(17, 3.8), sharey=False)
     shown = sorted({0, *cfg["min_areas"][:: max(1, len(cfg["min_areas"]) // 4)]})
     for ax, cls in zip(axes, CLASSES, strict=True):
         k, chosen = cls - 1, result["classes"][str(cls)]
-        table = class_dice(ev, k, gate, cfg["min_areas"])[0]  # (T, A)
+        c = cfg["min_component_areas"].index(chosen["min_component_area"])
+        table = class_dice(ev, o, k, gate, cfg["min_areas"])[0, :, :, c]  # (T, A)
         for a, area in enumerate(cfg["min_areas"]):
             if area in shown or area == chosen["min_area"]:
                 style = "-" if area == chosen["min_area"] else ":"
@@ -163,5 +221,6 @@ def plot_search(ev: Evidence, cfg: dict, result: dict, path: Path) -> None:
         )
         ax.set_xlabel("pixel threshold")
         ax.legend(fontsize=7)
-    axes[0].set_ylabel(f"validation Dice (gate {gate[0]:.2f})")
+    rule = ", non-overlap" if result["non_overlap"] else ""
+    axes[0].set_ylabel(f"out-of-fold Dice (gate {gate[0]:.2f}{rule})")
     save(fig, path)

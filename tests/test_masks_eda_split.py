@@ -161,7 +161,7 @@ def test_split_and_eda_commands(raw, cache_dir, tmp_path, capsys):
         assert (tmp_path / "eda" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_bad_val_fold_is_a_config_error(cache_dir, tmp_path, capsys):
+def test_a_fold_beyond_the_split_is_a_config_error(cache_dir, tmp_path, capsys):
     code = main(
         [
             "split",
@@ -172,13 +172,12 @@ def test_a_bad_val_fold_is_a_config_error(cache_dir, tmp_path, capsys):
             "--out",
             str(tmp_path / "s.csv"),
             "--set",
-            "split.val_fold=5",
+            "train.folds=[0, 5]",
         ]
     )
     assert (
         code == 1
-        and "split.val_fold: expected a fold below split.folds (5), got 5"
-        in capsys.readouterr().err
+        and "train.folds: expected folds below split.folds (5), got 5" in capsys.readouterr().err
     )
 
 

@@ -42,10 +42,11 @@ def tiny_config(**overrides):
     return load(TEST_CONFIG, {**TWO_EPOCHS, **overrides})
 
 
-def train_network(data, out, name="unet", resume=False, **overrides):
+def train_network(data, out, name="unet", resume=False, fold=0, **overrides):
     outputs = {"out": out / f"{name}.pt", "history": out / f"{name}.csv"}
     return train.run(
         name,
+        fold,
         tiny_config(**overrides),
         data / "raw/train_images",
         data / "masks",
@@ -120,7 +121,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(data, tmp_path, monkeypatch
     [
         ({"seed": 7}, "seed"),
         ({"augment.hflip": False}, "augment"),
-        ({"split.val_fold": 1}, "split, train_ids, val_ids"),
+        ({"fold": 1}, "fold, train_ids, val_ids"),
         ({"train.channels_last": False}, "train"),
         ({"unet.lr": 0.01}, "unet"),
     ],
@@ -138,11 +139,14 @@ def test_a_run_resumes_only_from_the_same_recipe(
     assert pd.read_csv(tmp_path / "unet.csv").epoch.tolist() == [1, 2]
 
 
-def test_machine_settings_do_not_stop_a_resume(data, tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("change", [{"machine.threads": 1}, {"train.folds": [0, 1, 2]}])
+def test_machine_settings_and_other_folds_do_not_stop_a_resume(
+    data, tmp_path, monkeypatch, caplog, change
+):
     settings = {"unet.epochs": 2}
     interrupted_after_one_epoch(data, tmp_path, monkeypatch, **settings)
     with caplog.at_level(logging.INFO, logger="steelflow.train"):
-        train_network(data, tmp_path, resume=True, **settings, **{"machine.threads": 1})
+        train_network(data, tmp_path, resume=True, **settings, **change)
     assert "resuming unet from epoch 1 of 2" in caplog.text
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ from steelflow.config import load
 from steelflow.io import read_masks
 from steelflow.masks import build
 from steelflow.models import build_classifier, build_unet
+from steelflow.predict import Thresholds, drop_small_components, postprocess
 from steelflow.tune import Evidence, areas_above, class_dice, search
 from tests.conftest import TEST_CONFIG, fetch_synthetic
 from tests.test_rle import reference_decode
@@ -25,87 +27,60 @@ from tests.test_rle import reference_decode
 TUNE = load(TEST_CONFIG)["tune"]
 
 
+FOLDS = ["--set", "train.folds=[0, 1]"]  # two folds: an ensemble, tuned out of fold
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """Tiny data, both networks trained one epoch, thresholds tuned."""
+    """Tiny data, both networks trained one epoch on folds 0 and 1, thresholds tuned."""
     root = tmp_path_factory.mktemp("answer")
-    config = ["--config", str(TEST_CONFIG)]
+    config = ["--config", str(TEST_CONFIG), *FOLDS]
+    data = ["--raw", str(root / "raw"), "--masks", str(root / "masks")]
     fetch_synthetic(root / "raw", 20, 6)
     build(root / "raw/train.csv", root / "raw/train_images", root / "masks")
-    assert (
-        main(["split", *config, "--masks", str(root / "masks"), "--out", str(root / "split.csv")])
-        == 0
-    )
+    split = ["--split", str(root / "split.csv")]
+    assert main(["split", *config, "--masks", str(root / "masks"), "--out", split[1]]) == 0
     for network in ("classifier", "unet"):
-        assert (
-            main(
-                [
-                    "train",
-                    network,
-                    *config,
-                    "--raw",
-                    str(root / "raw"),
-                    "--masks",
-                    str(root / "masks"),
-                    "--split",
-                    str(root / "split.csv"),
-                    "--out",
-                    str(root / f"{network}.pt"),
-                    "--history",
-                    str(root / f"{network}.csv"),
-                    "--curves",
-                    str(root / f"{network}.png"),
-                ]
-            )
-            == 0
-        )
-    assert (
-        main(
-            [
-                "tune",
-                *config,
-                "--raw",
-                str(root / "raw"),
-                "--masks",
-                str(root / "masks"),
-                "--split",
-                str(root / "split.csv"),
-                "--classifier",
-                str(root / "classifier.pt"),
-                "--unet",
-                str(root / "unet.pt"),
-                "--out",
-                str(root / "thresholds.json"),
-                "--figure",
-                str(root / "thresholds.png"),
-            ]
-        )
-        == 0
-    )
+        for fold in (0, 1):
+            outputs = {
+                "--out": f"{network}_f{fold}.pt",
+                "--history": f"{network}_f{fold}.csv",
+                "--curves": f"{network}_f{fold}.png",
+            }
+            named = [x for flag, name in outputs.items() for x in (flag, str(root / name))]
+            args = ["train", network, *config, "--fold", str(fold), *data, *split, *named]
+            assert main(args) == 0
+    tuned = ["--out", str(root / "thresholds.json"), "--figure", str(root / "thresholds.png")]
+    assert main(["tune", *config, *data, *split, *networks(root), *tuned]) == 0
     return root
 
 
-def models_args(root: Path) -> list[str]:
+def networks(root: Path) -> list[str]:
+    """Every fold's checkpoints, as the rules name them."""
     return [
-        "--config",
-        str(TEST_CONFIG),
         "--classifier",
-        str(root / "classifier.pt"),
+        str(root / "classifier_f{fold}.pt"),
         "--unet",
-        str(root / "unet.pt"),
-        "--thresholds",
-        str(root / "thresholds.json"),
+        str(root / "unet_f{fold}.pt"),
     ]
+
+
+def models_args(root: Path) -> list[str]:
+    thresholds = ["--thresholds", str(root / "thresholds.json")]
+    return ["--config", str(TEST_CONFIG), *FOLDS, *networks(root), *thresholds]
 
 
 def test_tune_writes_settings_for_every_class_and_a_figure(project):
     result = json.loads((project / "thresholds.json").read_text())
     assert set(result["classes"]) == {"1", "2", "3", "4"}
-    assert 0 <= result["classifier_gate"] <= 1 and result["val_images"] == 4
+    assert 0 <= result["classifier_gate"] <= 1 and result["folds"] == [0, 1]
+    assert result["val_images"] == 8  # folds 0 and 1 of 20 images in 5 folds
+    assert result["non_overlap"] in TUNE["non_overlap"]
     for setting in result["classes"].values():
         assert (
             setting["threshold"] in TUNE["pixel_thresholds"]
             and setting["min_area"] in TUNE["min_areas"]
+            and setting["min_component_area"] in TUNE["min_component_areas"]
         )
         assert (
             setting["support"] < TUNE["min_support"] and not setting["enabled"]
@@ -114,8 +89,12 @@ def test_tune_writes_settings_for_every_class_and_a_figure(project):
     assert (project / "thresholds.png").read_bytes()[:4] == b"\x89PNG"
 
 
+PLAIN = {**TUNE, "non_overlap": [False], "min_component_areas": [0]}  # what evidence() holds
+
+
 def evidence(n=60, seed=0) -> Evidence:
-    """Class 3 predicted well on the images that have it; class 1 predicted as noise."""
+    """Class 3 predicted well on the images that have it; class 1 predicted as noise.
+    One non-overlap option (off) and one minimum component area (0), as PLAIN searches."""
     rng = np.random.default_rng(seed)
     grid = TUNE["pixel_thresholds"]
     truth = np.zeros((n, 4), int)
@@ -130,28 +109,37 @@ def evidence(n=60, seed=0) -> Evidence:
     area[n // 2 :, 2, :] = 300  # small false positives on clean images
     area[:, 0, :] = rng.integers(0, 2000, (n, len(grid)))  # class 1: noise
     defect_prob = np.where(truth.any(axis=1), 0.9, 0.2)
-    return Evidence(defect_prob, area, overlap, truth)
+    ids = np.array([f"{i}.jpg" for i in range(n)])
+    return Evidence(ids, defect_prob, area[:, None, ..., None], overlap[:, None, ..., None], truth)
+
+
+def with_option(ev: Evidence, axis: int, area: np.ndarray, overlap: np.ndarray) -> Evidence:
+    """``ev`` with a second non-overlap option (axis 1) or component minimum (axis -1)."""
+    return Evidence(
+        ev.image_ids,
+        ev.defect_prob,
+        np.concatenate([ev.area, area], axis=axis),
+        np.concatenate([ev.overlap, overlap], axis=axis),
+        ev.truth,
+    )
 
 
 def test_class_dice_matches_a_direct_computation():
     ev = evidence()
     gates, areas = TUNE["gates"], TUNE["min_areas"]
-    table = class_dice(ev, 2, gates, areas)
+    table = class_dice(ev, 0, 2, gates, areas)
     for g, a, t in [(0, 0, 6), (3, 4, 2), (9, 10, 12), (1, 2, 0)]:
         scores = []
         for i in range(len(ev.defect_prob)):
-            kept = ev.defect_prob[i] >= gates[g] and ev.area[i, 2, t] >= areas[a]
-            p, o, x = (
-                (ev.area[i, 2, t], ev.overlap[i, 2, t], ev.truth[i, 2])
-                if kept
-                else (0, 0, ev.truth[i, 2])
-            )
+            pred, hit = ev.area[i, 0, 2, t, 0], ev.overlap[i, 0, 2, t, 0]
+            kept = ev.defect_prob[i] >= gates[g] and pred >= areas[a]
+            p, o, x = (pred, hit, ev.truth[i, 2]) if kept else (0, 0, ev.truth[i, 2])
             scores.append(1.0 if p + x == 0 else 2 * o / (p + x))
-        assert table[g, t, a] == pytest.approx(np.mean(scores))
+        assert table[g, t, a, 0] == pytest.approx(np.mean(scores))
 
 
 def test_search_switches_on_what_works_and_off_what_does_not():
-    result = search(evidence(), TUNE)
+    result = search(evidence(), PLAIN)
     three, one = result["classes"]["3"], result["classes"]["1"]
     assert three["enabled"] and three["val_dice"] > three["val_dice_empty"] + 0.3
     assert three["threshold"] == 0.5  # where the predicted size matches the truth
@@ -160,16 +148,41 @@ def test_search_switches_on_what_works_and_off_what_does_not():
     # the false positives (300 px on clean images) are removed by the gate or a minimum area
     assert result["classifier_gate"] > 0.2 or three["min_area"] > 300
     assert result["val_dice"] > result["val_dice_empty"]
+    assert not result["non_overlap"] and three["min_component_area"] == 0
 
 
 def test_ties_go_to_the_simplest_setting():
     ev = evidence()
-    ev.area[:, 2, :] = ev.area[:, 2, 6:7]  # every threshold gives the same masks
-    ev.overlap[:, 2, :] = ev.overlap[:, 2, 6:7]
-    ev.area[ev.truth[:, 2] == 0, 2, :] = 0  # and no false positives: no gate, no area needed
-    three = search(ev, TUNE)["classes"]["3"]
+    ev.area[..., 2, :, :] = ev.area[..., 2, 6:7, :]  # every threshold gives the same masks
+    ev.overlap[..., 2, :, :] = ev.overlap[..., 2, 6:7, :]
+    ev.area[ev.truth[:, 2] == 0, :, 2] = 0  # and no false positives: no gate, no area needed
+    three = search(ev, PLAIN)["classes"]["3"]
     assert (three["threshold"], three["min_area"]) == (0.5, 0)
-    assert search(ev, TUNE)["classifier_gate"] == 0.0
+    assert search(ev, PLAIN)["classifier_gate"] == 0.0
+    # a second non-overlap option or component minimum that changes nothing is not taken
+    same = with_option(ev, 1, ev.area, ev.overlap)
+    assert not search(same, {**PLAIN, "non_overlap": [False, True]})["non_overlap"]
+    same = with_option(ev, -1, ev.area, ev.overlap)
+    tried = search(same, {**PLAIN, "min_component_areas": [0, 100]})
+    assert tried["classes"]["3"]["min_component_area"] == 0
+
+
+def test_non_overlap_and_small_components_are_chosen_when_they_help():
+    ev = evidence()
+    noisy = ev.truth[:, 2] > 0  # 400 px of another class's pixels or of specks in each class 3 mask
+    ev.area[noisy, 0, 2] += 400
+    ev.defect_prob[:] = 0.9  # no gate or mask-level minimum area can remove them
+    clean_area, clean_overlap = ev.area.copy(), ev.overlap.copy()
+    clean_area[noisy, 0, 2] -= 400
+    tried = search(
+        with_option(ev, 1, clean_area, clean_overlap), {**PLAIN, "non_overlap": [False, True]}
+    )
+    assert tried["non_overlap"]
+    tried = search(
+        with_option(ev, -1, clean_area, clean_overlap), {**PLAIN, "min_component_areas": [0, 100]}
+    )
+    assert not tried["non_overlap"] and tried["classes"]["3"]["min_component_area"] == 100
+    assert tried["classes"]["3"]["val_dice"] > search(ev, PLAIN)["classes"]["3"]["val_dice"]
 
 
 def test_submission_layout_and_score(project, tmp_path, capsys):
@@ -293,11 +306,87 @@ def test_areas_above_every_threshold_come_from_one_pass():
     prob = torch.rand(3, 4, 20, 30, generator=gen)
     prob[0, 0, 0, :3] = torch.tensor([0.2, 0.5, 0.9])  # exactly on a threshold: not above it
     truth = torch.rand(3, 4, 20, 30, generator=gen) > 0.7
-    grid = torch.tensor([0.2, 0.25, 0.5, 0.8, 0.9])
-    area, overlap = areas_above(prob, truth, grid)
+    grid = torch.tensor([0.5, 0.2, 0.25, 0.8, 0.9])  # in any order
+    area, overlap = areas_above(prob, truth, grid, np.array([0]))
     above = prob.unsqueeze(2) > grid.view(1, 1, -1, 1, 1)
-    assert torch.equal(area, above.sum(dim=(-2, -1)))
-    assert torch.equal(overlap, (above & truth.unsqueeze(2)).sum(dim=(-2, -1)))
+    assert np.array_equal(area[..., 0], above.sum(dim=(-2, -1)).numpy())
+    assert np.array_equal(overlap[..., 0], (above & truth.unsqueeze(2)).sum(dim=(-2, -1)).numpy())
+
+
+def test_areas_above_count_only_components_of_each_minimum():
+    gen = torch.Generator().manual_seed(1)
+    prob = torch.rand(2, 4, 40, 60, generator=gen) ** 3  # specks and a few larger blobs
+    prob[1, 2, 4:26, 9:41] = 0  # one big component, apart from the specks
+    prob[1, 2, 5:25, 10:40] = 0.95
+    truth = torch.rand(2, 4, 40, 60, generator=gen) > 0.5
+    grid, minimums = torch.tensor([0.3, 0.6, 0.9]), np.array([0, 3, 50])
+    area, overlap = areas_above(prob, truth, grid, minimums)
+    for i, k, t, m in np.ndindex(2, 4, 3, 3):
+        mask = (prob[i, k] > grid[t]).numpy().astype(np.uint8)
+        kept = drop_small_components(mask, int(minimums[m])).astype(bool)
+        assert area[i, k, t, m] == kept.sum()
+        assert overlap[i, k, t, m] == (kept & truth[i, k].numpy()).sum()
+    assert area[1, 2, 2, 2] == 20 * 30  # the big component alone survives a minimum of 50
+
+
+def test_postprocess_keeps_the_most_probable_class_and_drops_small_components():
+    prob = torch.zeros(1, 4, 256, 1600)
+    prob[0, 0, 10:20, 10:20] = 0.9  # class 1: a 100 px square ...
+    prob[0, 0, 100, 100] = 0.9  # ... and a speck
+    prob[0, 2, 10:20, 15:30] = 0.7  # class 3 overlaps class 1 where class 1 is more probable
+    th = Thresholds(0.5, False, [True] * 4, [0.5] * 4, [0] * 4, [0] * 4)
+    plain = postprocess(prob, th)[0]
+    assert plain[0].sum() == 101 and plain[2].sum() == 150
+    exclusive = postprocess(prob, replace(th, non_overlap=True))[0]
+    assert exclusive[0].sum() == 101 and exclusive[2].sum() == 150 - 50
+    assert not (exclusive[0] & exclusive[2]).any()
+    despeckled = postprocess(prob, replace(th, min_component=[2, 0, 0, 0]))[0]
+    assert despeckled[0].sum() == 100 and despeckled[0, 100, 100] == 0
+    gone = postprocess(prob, replace(th, min_component=[2, 0, 0, 0], min_area=[101, 0, 0, 0]))
+    assert gone[0, 0].sum() == 0  # the minimum area counts what the components left
+
+
+def trained_pair(project: Path, fold: int) -> tuple[list[Path], list[Path]]:
+    return [project / f"classifier_f{fold}.pt"], [project / f"unet_f{fold}.pt"]
+
+
+def test_an_ensemble_averages_its_models(project):
+    from steelflow.predict import Predictor
+
+    train = load(TEST_CONFIG)["train"]
+    views = [
+        Predictor(*trained_pair(project, 0), train).read(p)
+        for p in sorted((project / "raw/test_images").glob("*.jpg"))[:3]
+    ]
+    (classifier_0, unet_0), (classifier_1, unet_1) = (trained_pair(project, f) for f in (0, 1))
+    one, other = Predictor(classifier_0, unet_0, train), Predictor(classifier_1, unet_1, train)
+    twice = Predictor(classifier_0 * 2, unet_0 * 2, train)
+    assert torch.equal(twice.mask_prob(views), one.mask_prob(views))  # nothing changes
+    assert np.array_equal(twice.defect_prob(views), one.defect_prob(views))
+    both = Predictor(classifier_0 + classifier_1, unet_0 + unet_1, train)
+    mean = (one.mask_prob(views) + other.mask_prob(views)) / 2
+    assert not torch.allclose(one.mask_prob(views), other.mask_prob(views))
+    assert torch.allclose(both.mask_prob(views), mean, atol=1e-6)
+    mean = (one.defect_prob(views) + other.defect_prob(views)) / 2
+    assert np.allclose(both.defect_prob(views), mean, atol=1e-6)
+
+
+@pytest.mark.parametrize("tta", ["hflip", "hflip+vflip"])
+def test_flip_tta_gives_a_mirrored_image_the_mirrored_masks(project, tta):
+    from steelflow.predict import Predictor
+
+    predictor = Predictor(*trained_pair(project, 0), load(TEST_CONFIG)["train"], tta)
+    gray = cv2.imread(str(sorted((project / "raw/test_images").glob("*.jpg"))[0]), 0)
+    prob = predictor.mask_prob([predictor.views_of(gray)])
+    mirrored = predictor.mask_prob([predictor.views_of(gray[:, ::-1].copy())])
+    assert torch.allclose(mirrored, prob.flip(-1), atol=1e-5)
+    symmetric = np.concatenate([gray[:, :800], gray[:, :800][:, ::-1]], axis=1)
+    th = Thresholds(0.0, False, [True] * 4, [0.3] * 4, [0] * 4, [0] * 4)
+    masks = predictor.masks([predictor.views_of(symmetric)], th)[0]
+    assert np.array_equal(masks, masks[:, :, ::-1])  # an hflip-symmetric image: the same mask
+    if tta == "hflip+vflip":
+        upside_down = predictor.mask_prob([predictor.views_of(gray[::-1].copy())])
+        assert torch.allclose(upside_down, prob.flip(-2), atol=1e-5)
 
 
 def bad_files(folder: Path, good: Path) -> dict[str, Path]:
@@ -315,8 +404,8 @@ def bad_files(folder: Path, good: Path) -> dict[str, Path]:
 def test_a_bad_checkpoint_stops_submit_with_one_line_naming_it(
     project, tmp_path, capsys, network, kind
 ):
-    good = project / f"{network}.pt"
-    other = project / ("unet.pt" if network == "classifier" else "classifier.pt")
+    good = project / f"{network}_f0.pt"
+    other = project / ("unet_f0.pt" if network == "classifier" else "classifier_f0.pt")
     bad = other if kind == "other network" else bad_files(tmp_path / "bad", good)[kind]
     args = models_args(project)
     args[args.index(f"--{network}") + 1] = str(bad)
@@ -348,7 +437,7 @@ def test_a_bad_submission_stops_score_with_one_line_naming_it(project, tmp_path,
     files = bad_files(tmp_path / "bad", good)
     files["foreign"].write_text('{"classifier_gate": 0.5}\n')  # thresholds JSON, not a CSV
     files["binary"] = tmp_path / "bad/binary.csv"
-    files["binary"].write_bytes((project / "classifier.pt").read_bytes()[:4000])
+    files["binary"].write_bytes((project / "classifier_f0.pt").read_bytes()[:4000])
     bad = files[kind]
     truth = str(project / "raw/test_truth.csv")
     assert main(["score", "--submission", str(bad), "--truth", truth]) == 1
@@ -371,7 +460,7 @@ def test_each_network_sees_at_prediction_the_pixels_it_trained_on(project, tmp_p
         paths[network] = tmp_path / f"{network}.pt"
         state = {"model": build_net(cfg).state_dict(), "config": cfg, "epoch": 0}
         checkpoint.save(paths[network], state | {"metrics": {}, "task": network})
-    predictor = Predictor(paths["classifier"], paths["unet"], config["train"])
+    predictor = Predictor([paths["classifier"]], [paths["unet"]], config["train"])
     cache = MaskCache(project / "masks")
     ids = cache.image_ids[:3]
     images = project / "raw/train_images"
@@ -381,3 +470,22 @@ def test_each_network_sees_at_prediction_the_pixels_it_trained_on(project, tmp_p
         for i, image in enumerate(ids):
             seen = to_tensor(predictor.read(images / image)[scale])
             assert torch.equal(seen, trained_on[i][0]), f"{network}, {image}"
+
+
+def test_out_of_fold_evidence_holds_each_validation_image_once_by_its_own_models(project):
+    from steelflow.masks import MaskCache
+    from steelflow.predict import Predictor
+    from steelflow.tune import out_of_fold
+
+    train = load(TEST_CONFIG)["train"]
+    predictors = {f: Predictor(*trained_pair(project, f), train) for f in (0, 1)}
+    images = project / "raw/train_images"
+    cache = MaskCache(project / "masks")
+    ev = out_of_fold(predictors.get, [0, 1], project / "split.csv", images, cache, TUNE)
+    split = pd.read_csv(project / "split.csv")
+    assert sorted(ev.image_ids) == sorted(split.ImageId[split.fold.isin([0, 1])])
+    assert len(set(ev.image_ids)) == len(ev.image_ids)  # each once
+    fold_of = dict(zip(split.ImageId, split.fold, strict=True))
+    for image, prob in zip(ev.image_ids, ev.defect_prob, strict=True):
+        own = predictors[fold_of[image]].defect_prob([predictors[0].read(images / image)])
+        assert prob == pytest.approx(own[0], abs=1e-6)

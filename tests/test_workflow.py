@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -61,18 +62,27 @@ def project(tmp_path) -> Path:
     return tmp_path
 
 
+def two_folds(project: Path) -> None:
+    """Train folds 0 and 1 in ``project``: two jobs per network, an ensemble, tuned out of fold."""
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    config["train"]["folds"] = [0, 1]
+    (project / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 def snakemake_stages(*args: str, cwd: Path = ROOT) -> dict[str, dict]:
-    """Each rule's shell command, inputs and outputs, from a forced dry run."""
+    """Each job's shell command, inputs and outputs, from a forced dry run; a job of a
+    rule with a fold is named as DVC names a foreach stage: train_unet@0."""
     out = snakemake(
         "--dry-run", "--printshellcmds", "--forceall", "--cores", "1", *args, cwd=cwd
     ).stdout
     stages: dict[str, dict] = {}
     for block in re.split(r"\n(?=rule \w+:)", out)[1:]:
         name = re.match(r"rule (\w+):", block)[1]
-        stage = stages.setdefault(name, {"cmd": None, "deps": set(), "outs": set()})
+        fold = re.search(r"^    wildcards: fold=(\d+)$", block, re.MULTILINE)
+        stage = stages.setdefault(f"{name}@{fold[1]}" if fold else name, {"deps": set()})
         for key, field in (("input", "deps"), ("output", "outs")):
             found = re.search(rf"^    {key}: (.+)$", block, re.MULTILINE)
-            stage[field] |= set(found[1].split(", ")) if found else set()
+            stage[field] = set(found[1].split(", ")) if found else set()
         cmd = re.search(r"^Shell command: (.+)$", block, re.MULTILINE)[1]
         stage["cmd"] = " ".join(re.sub(r"\s*>\s*\S+\s+2>&1\s*$", "", cmd).split())
     stages.pop("all", None)
@@ -80,21 +90,22 @@ def snakemake_stages(*args: str, cwd: Path = ROOT) -> dict[str, dict]:
 
 
 def dvc_stages(folder: Path) -> dict[str, dict]:
-    """Each stage's command, dependencies and outputs (outs, metrics and plots), with the
-    ${...} of dvc.yaml filled from params.yaml as DVC fills them."""
-    values = yaml.safe_load((folder / "params.yaml").read_text())
-    text = re.sub(r"\$\{(\w+)\}", lambda m: str(values[m[1]]), (folder / "dvc.yaml").read_text())
-    result = {}
-    for name, stage in (yaml.safe_load(text)["stages"] or {}).items():
-        outs = set()
-        for key in ("outs", "metrics", "plots"):
-            outs |= {next(iter(o)) if isinstance(o, dict) else o for o in stage.get(key, [])}
-        result[name] = {
-            "cmd": " ".join(stage["cmd"].split()),
-            "deps": set(stage.get("deps", [])),
-            "outs": outs,
+    """Each stage's command, dependencies and outputs (outs, metrics and plots), as DVC
+    itself reads dvc.yaml: ${...} filled, foreach stages expanded."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(folder), uninitialized=True) as repo:
+        return {
+            stage.name: {
+                "cmd": " ".join(stage.cmd.split()),
+                "deps": {
+                    dep.def_path for dep in stage.deps if not isinstance(dep, ParamsDependency)
+                },
+                "outs": {out.def_path for out in stage.outs},
+            }
+            for stage in repo.index.stages
         }
-    return result
 
 
 def drift(snakefile: dict[str, dict], dvc: dict[str, dict]) -> list[str]:
@@ -104,6 +115,9 @@ def drift(snakefile: dict[str, dict], dvc: dict[str, dict]) -> list[str]:
     for name in sorted(snakefile.keys() & dvc.keys()):
         for field in ("cmd", "deps", "outs"):
             ours, theirs = snakefile[name][field], dvc[name][field]
+            checkpoints = {d for d in ours if d.startswith("models/")}
+            if field == "deps" and checkpoints and "models" in theirs:  # every fold's, as a folder
+                ours = ours - checkpoints | {"models"}
             if ours != theirs:
                 detail = (
                     f"{ours!r} vs {theirs!r}"
@@ -133,9 +147,14 @@ def test_snakefile_and_dvc_yaml_describe_the_same_stages():
     ("old", "new", "found"),
     [
         (
-            "--curves results/train/unet.png --resume",
-            "--curves results/train/unet.png",
-            "train_unet: cmd differ",
+            "--curves results/train/unet_f${item}.png --resume",
+            "--curves results/train/unet_f${item}.png",
+            "train_unet@0: cmd differ",
+        ),
+        (
+            "--unet models/unet_f{fold}.pt --out results/thresholds.json",
+            "--unet models/unet_f0.pt --out results/thresholds.json",
+            "tune: cmd differ",
         ),
         (
             "      - results/thresholds.png\n",
@@ -143,9 +162,9 @@ def test_snakefile_and_dvc_yaml_describe_the_same_stages():
             "tune: outs differ",
         ),
         (
-            "      - steelflow/losses.py\n",
+            "        - steelflow/losses.py\n",
             "",
-            "train_classifier: deps differ: Snakefile only ['steelflow/losses.py']",
+            "train_classifier@0: deps differ: Snakefile only ['steelflow/losses.py']",
         ),
         (
             "stages:\n",
@@ -186,6 +205,7 @@ def as_dvc_repo(project: Path, remote: Path) -> None:
 
 
 def test_snakemake_run_then_dvc_commit_push_and_pull_into_a_fresh_clone(project, tmp_path):
+    two_folds(project)
     snakemake("--cores", "2", cwd=project)
     assert len(list((project / "resources/raw/train_images").glob("*.jpg"))) == TINY["n_train"]
     assert (project / "logs/fetch.log").is_file() and (
@@ -197,7 +217,8 @@ def test_snakemake_run_then_dvc_commit_push_and_pull_into_a_fresh_clone(project,
     assert "Nothing to be done" in again.stdout + again.stderr
     snakemake("--report", "report.html", cwd=project)
     report = (project / "report.html").read_text(errors="replace")
-    for name in ("class_balance", "examples", "unet", "classifier", "thresholds", "predictions"):
+    figures = ("class_balance", "examples", "unet_f1", "classifier_f0", "thresholds", "predictions")
+    for name in figures:
         assert f"{name}.png" in report
 
     remote = tmp_path / "remote"
@@ -212,8 +233,10 @@ def test_snakemake_run_then_dvc_commit_push_and_pull_into_a_fresh_clone(project,
     dvc("remote", "add", "--local", "-d", "shared", str(remote), cwd=clone)
     dvc("pull", cwd=clone)
     for path in (
-        "models/unet.pt",
-        "models/classifier.pt",
+        "models/unet_f0.pt",
+        "models/unet_f1.pt",
+        "models/classifier_f0.pt",
+        "models/classifier_f1.pt",
         "submission.csv",
         "resources/raw/train.csv",
         "results/thresholds.json",
@@ -230,10 +253,13 @@ def test_snakemake_run_then_dvc_commit_push_and_pull_into_a_fresh_clone(project,
 
 
 def test_dvc_repro_and_experiments_run_the_same_stages(project, tmp_path):
+    two_folds(project)
     as_dvc_repo(project, tmp_path / "remote")
     result = dvc("repro", cwd=project)
+    assert {"train_unet@0", "train_unet@1", "train_classifier@1"} <= set(dvc_stages(project))
     for stage in dvc_stages(project):
         assert f"Running stage '{stage}'" in result.stdout
+    assert json.loads((project / "results/thresholds.json").read_text())["folds"] == [0, 1]
     assert (project / "submission.csv").is_file() and (project / "dvc.lock").is_file()
     assert "up to date" in dvc("status", cwd=project).stdout
     assert "dice" in dvc("metrics", "show", cwd=project).stdout
@@ -245,16 +271,24 @@ def test_dvc_repro_and_experiments_run_the_same_stages(project, tmp_path):
 
     git("add", "dvc.lock", cwd=project)
     git("commit", "-qm", "results of the run", cwd=project)
-    ran = dvc("exp", "run", "-S", "config.yaml:unet.epochs=2", cwd=project).stdout
-    stages = set(re.findall(r"Running stage '(\w+)'", ran))
-    assert {"config", "train_unet", "tune", "submit"} <= stages  # score: if the csv changed
-    assert not stages & {"fetch", "masks", "eda", "split", "train_classifier"}
-    assert len(pd.read_csv(project / "results/train/unet.csv")) == 2
+
+    def experiment(setting):
+        ran = dvc("exp", "run", "-S", setting, cwd=project).stdout
+        return set(re.findall(r"Running stage '([\w@]+)'", ran))
+
+    stages = experiment("config.yaml:unet.epochs=2")
+    assert {"config", "train_unet@0", "train_unet@1", "tune", "submit"} <= stages  # score: if
+    assert not stages & {"fetch", "masks", "eda", "split", "train_classifier@0"}  # the csv changed
+    assert len(pd.read_csv(project / "results/train/unet_f1.csv")) == 2
+
+    stages = experiment("config.yaml:train.folds=[0,1,2]")  # a third fold: trained alone
+    assert {"train_classifier@2", "train_unet@2", "tune", "submit"} <= stages
+    assert not stages & {"train_classifier@0", "train_unet@0", "train_unet@1"}
 
     (project / "configs/longer.yaml").write_text("classifier:\n  epochs: 2\n")
     ran = dvc("exp", "run", "-S", "configfile=configs/longer.yaml", cwd=project).stdout
-    assert "Running stage 'train_classifier'" in ran
-    assert len(pd.read_csv(project / "results/train/classifier.csv")) == 2
+    assert "Running stage 'train_classifier@2'" in ran
+    assert len(pd.read_csv(project / "results/train/classifier_f2.csv")) == 2
     record = yaml.safe_load((project / "results/config.yaml").read_text())
     assert record["classifier"]["epochs"] == record["unet"]["epochs"] == 2
     shown = dvc("exp", "show", "--csv", cwd=project).stdout
@@ -275,7 +309,7 @@ def test_a_killed_run_resumes_training_and_finishes(project):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    last = project / "models/unet.last.pt"
+    last = project / "models/unet_f0.last.pt"
     deadline = time.monotonic() + 600
     while not last.is_file() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
@@ -285,9 +319,9 @@ def test_a_killed_run_resumes_training_and_finishes(project):
     assert not (project / "submission.csv").exists()
     snakemake("--unlock", cwd=project)
     snakemake("--cores", "2", cwd=project)  # the profile sets rerun-incomplete
-    log = (project / "logs/train_unet.log").read_text()
+    log = (project / "logs/train_unet_f0.log").read_text()
     assert "resuming unet from epoch" in log
-    history = pd.read_csv(project / "results/train/unet.csv")
+    history = pd.read_csv(project / "results/train/unet_f0.csv")
     assert history.epoch.tolist() == [1, 2, 3]
     assert len(pd.read_csv(project / "submission.csv")) == 4 * TINY["n_test"]
 
@@ -318,17 +352,17 @@ def test_every_stage_reads_the_config_snakemake_validated(project):
     config["seed"] = 7
     (project / "config.yaml").write_text(yaml.safe_dump(config))
     (project / "my.yaml").write_text("unet:\n  epochs: 2\n")
-    targets = ["models/unet.pt", "results/config.yaml"]
-    layers = ["--configfile", "my.yaml", "--config", "split={val_fold: 1}", "unet={lr: 2e-3}"]
+    targets = ["models/unet_f1.pt", "results/config.yaml"]
+    layers = ["--configfile", "my.yaml", "--config", "train={folds: [1]}", "unet={lr: 2e-3}"]
     snakemake("--cores", "2", *targets, *layers, cwd=project)
 
     record = yaml.safe_load((project / "results/config.yaml").read_text())
-    assert record["seed"] == 7 and record["split"]["val_fold"] == 1  # config.yaml, --config
+    assert record["seed"] == 7 and record["train"]["folds"] == [1]  # config.yaml, --config
     assert record["unet"]["epochs"] == 2 and record["unet"]["lr"] == 0.002  # my.yaml, --config
     assert record["unet"]["batch_size"] == config["unet"]["batch_size"]  # config.yaml
     assert "machine" not in record
-    assert torch.load(project / "models/unet.pt", weights_only=True)["config"] == record["unet"]
-    assert pd.read_csv(project / "results/train/unet.csv").epoch.tolist() == [1, 2]
+    assert torch.load(project / "models/unet_f1.pt", weights_only=True)["config"] == record["unet"]
+    assert pd.read_csv(project / "results/train/unet_f1.csv").epoch.tolist() == [1, 2]
     train_ids = set(pd.read_csv(project / "resources/raw/train.csv").ImageId)
     assert synthetic.image_id(7, "train", 0) in train_ids  # drawn with seed 7
 
@@ -339,6 +373,7 @@ def test_every_stage_reads_the_config_snakemake_validated(project):
     assert planned() == set()
     assert planned("machine={workers: 1, threads: 1}") == set()  # how, not what
     assert planned("augment={hflip: false}") == {"train_unet", "config"}
+    assert planned("train={folds: [0, 1]}") == {"config"}  # other folds: not this fold's job
     (project / "steelflow/losses.py").write_text(
         (project / "steelflow/losses.py").read_text() + "# changed\n"
     )
@@ -359,7 +394,8 @@ def test_a_partial_configfile_alone_reaches_the_stages_layered_over_config_yaml(
 
 def test_the_submission_target_builds_what_it_needs_and_nothing_else():
     jobs = set(snakemake_stages("submission.csv"))
-    assert jobs == {"fetch", "masks", "split", "train_classifier", "train_unet", "tune", "submit"}
+    trained = {"train_classifier@0", "train_unet@0"}
+    assert jobs == {"fetch", "masks", "split", *trained, "tune", "submit"}
 
 
 @pytest.fixture
@@ -373,31 +409,42 @@ def local_slurm():
     run([script, "stop"], ROOT)
 
 
+def slurm_times(job: str) -> tuple[datetime, datetime]:
+    """When a Slurm job started and ended (Slurm keeps finished jobs for MinJobAge)."""
+    shown = run(["scontrol", "show", "job", job], ROOT).stdout
+    start, end = (re.search(rf"{key}=(\S+)", shown)[1] for key in ("StartTime", "EndTime"))
+    return datetime.fromisoformat(start), datetime.fromisoformat(end)
+
+
 @pytest.mark.slurm
-def test_the_tiny_workflow_runs_through_a_real_slurm(project, local_slurm):
+def test_the_tiny_workflow_runs_through_a_real_slurm_with_folds_side_by_side(project, local_slurm):
+    two_folds(project)
     # The local node has 2 CPUs and no GPU: ask for what it has, not what the profile's cluster has.
     small = [
         f"{rule}:{key}={value}"
         for rule in ("masks", "eda", "train_classifier", "train_unet", "tune", "submit")
         for key, value in (("mem_mb", 3000), ("cpus_per_task", 1))
     ]
-    command = [
-        "timeout",
-        "-k",
-        "5",
-        "-s",
-        "INT",
-        "900",
-        BIN / "snakemake",
-        "--profile",
-        "profiles/slurm",
-        "--slurm-no-account",
-        "--set-resources",
-        *small,
-    ]
-    result = run(command, project)
-    submitted = re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/rule_(\w+)/", result.stderr)
-    assert sorted(submitted) == ["eda", "masks", "submit", "train_classifier", "train_unet", "tune"]
+    slurm = ["--profile", "profiles/slurm", "--slurm-no-account", "--set-resources", *small]
+    timeout = ["timeout", "-k", "5", "-s", "INT", "900"]
+
+    def submitted(result) -> dict[str, str]:
+        jobs = re.findall(
+            r"submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/(?:(\d+)/)?",
+            result.stderr,
+        )
+        return {f"{rule}@{fold}" if fold else rule: job for job, rule, fold in jobs}
+
+    # first the U-Nets of both folds: two jobs at once, one CPU each
+    unets = ["models/unet_f0.pt", "models/unet_f1.pt"]  # before --set-resources, which takes all
+    first = submitted(run([*timeout, BIN / "snakemake", *unets, *slurm], project))
+    assert sorted(first) == ["masks", "train_unet@0", "train_unet@1"]
+    (start_0, end_0), (start_1, end_1) = (slurm_times(first[f"train_unet@{f}"]) for f in (0, 1))
+    assert start_0 < end_1 and start_1 < end_0, "the two folds' jobs did not overlap"
+
+    rest = submitted(run([*timeout, BIN / "snakemake", *slurm], project))
+    trained = ["train_classifier@0", "train_classifier@1"]
+    assert sorted(rest) == ["eda", "submit", *trained, "tune"]
     submission = pd.read_csv(project / "submission.csv", keep_default_na=False)
     assert len(submission) == 4 * TINY["n_test"]
     assert json.loads((project / "results/metrics.json").read_text())["dice"] is not None

@@ -69,6 +69,27 @@ def settings(*sections):
     return {section: config[section] for section in sections}
 
 
+def fold_settings(*sections):
+    """The settings of one fold's training job: all of ``sections`` but train.folds, as
+    which other folds are trained does not change this one."""
+    chosen = settings(*sections)
+    chosen["train"] = {k: v for k, v in chosen["train"].items() if k != "folds"}
+    return chosen
+
+
+def fold_models(network):
+    """The checkpoints of ``network`` for every fold of train.folds."""
+    return expand(f"models/{network}_f{{fold}}.pt", fold=config["train"]["folds"])
+
+
+def train_threads():
+    """Cores of a training job: all of them on a CPU; on GPUs its loader workers and
+    itself, so that fold jobs run side by side, as many as --resources gpu=N allows."""
+    if config["train"]["device"] == "cuda":
+        return config["machine"]["workers"] + 1
+    return workflow.cores
+
+
 def gpus():
     """GPUs a job asks the scheduler for: one per process when config asks for CUDA."""
     return config["train"]["nproc_per_node"] if config["train"]["device"] == "cuda" else 0

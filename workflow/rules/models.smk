@@ -1,4 +1,9 @@
-"""Models: the defect classifier (stage 1) and the U-Net (stage 2), one engine."""
+"""Models: the defect classifier (stage 1) and the U-Net (stage 2), one engine; one
+job per network and fold of train.folds (fold {fold} validates, the others train)."""
+
+
+wildcard_constraints:
+    fold=r"\d+",
 
 
 rule train_classifier:
@@ -8,23 +13,28 @@ rule train_classifier:
         split="results/split.csv",
         code=stage_code("train"),
     output:
-        model="models/classifier.pt",
-        history="results/train/classifier.csv",
-        curves=report("results/train/classifier.png", caption="../report/train_classifier.rst", category="Training"),
+        model="models/classifier_f{fold}.pt",
+        history="results/train/classifier_f{fold}.csv",
+        curves=report(
+            "results/train/classifier_f{fold}.png",
+            caption="../report/train_classifier.rst",
+            category="Training",
+            subcategory="fold {fold}",
+        ),
     params:
         config=CONFIG,
-        settings=settings("seed", "split", "train", "augment", "classifier"),
+        settings=fold_settings("seed", "split", "train", "augment", "classifier"),
     log:
-        "logs/train_classifier.log",
+        "logs/train_classifier_f{fold}.log",
     benchmark:
-        "logs/benchmarks/train_classifier.tsv"
-    threads: workflow.cores
+        "logs/benchmarks/train_classifier_f{fold}.tsv"
+    threads: train_threads()
     resources:
         gpu=gpus(),
     conda:
         "../envs/steelflow.yaml"
     shell:
-        "steelflow train classifier {params.config} --raw {input.raw} "
+        "steelflow train classifier {params.config} --fold {wildcards.fold} --raw {input.raw} "
         "--masks {input.masks} --split {input.split} --out {output.model} "
         "--history {output.history} --curves {output.curves} --resume > {log} 2>&1"
 
@@ -36,22 +46,27 @@ rule train_unet:
         split="results/split.csv",
         code=stage_code("train"),
     output:
-        model="models/unet.pt",
-        history="results/train/unet.csv",
-        curves=report("results/train/unet.png", caption="../report/train_unet.rst", category="Training"),
+        model="models/unet_f{fold}.pt",
+        history="results/train/unet_f{fold}.csv",
+        curves=report(
+            "results/train/unet_f{fold}.png",
+            caption="../report/train_unet.rst",
+            category="Training",
+            subcategory="fold {fold}",
+        ),
     params:
         config=CONFIG,
-        settings=settings("seed", "split", "train", "augment", "unet"),
+        settings=fold_settings("seed", "split", "train", "augment", "unet"),
     log:
-        "logs/train_unet.log",
+        "logs/train_unet_f{fold}.log",
     benchmark:
-        "logs/benchmarks/train_unet.tsv"
-    threads: workflow.cores
+        "logs/benchmarks/train_unet_f{fold}.tsv"
+    threads: train_threads()
     resources:
         gpu=gpus(),
     conda:
         "../envs/steelflow.yaml"
     shell:
-        "steelflow train unet {params.config} --raw {input.raw} "
+        "steelflow train unet {params.config} --fold {wildcards.fold} --raw {input.raw} "
         "--masks {input.masks} --split {input.split} --out {output.model} "
         "--history {output.history} --curves {output.curves} --resume > {log} 2>&1"

@@ -1,4 +1,5 @@
-"""Answer: tune the post-processing, write the submission, score it."""
+"""Answer: tune the post-processing out of fold, write the submission with the models of
+every trained fold, score it."""
 
 
 rule tune:
@@ -6,8 +7,8 @@ rule tune:
         raw="resources/raw",
         masks="results/masks",
         split="results/split.csv",
-        classifier="models/classifier.pt",
-        unet="models/unet.pt",
+        classifier=fold_models("classifier"),
+        unet=fold_models("unet"),
         code=stage_code("tune"),
     output:
         thresholds="results/thresholds.json",
@@ -26,15 +27,16 @@ rule tune:
         "../envs/steelflow.yaml"
     shell:
         "steelflow tune {params.config} --raw {input.raw} --masks {input.masks} "
-        "--split {input.split} --classifier {input.classifier} --unet {input.unet} "
+        "--split {input.split} --classifier models/classifier_f{{fold}}.pt "
+        "--unet models/unet_f{{fold}}.pt "
         "--out {output.thresholds} --figure {output.figure} > {log} 2>&1"
 
 
 rule submit:
     input:
         raw="resources/raw",
-        classifier="models/classifier.pt",
-        unet="models/unet.pt",
+        classifier=fold_models("classifier"),
+        unet=fold_models("unet"),
         thresholds="results/thresholds.json",
         code=stage_code("submit"),
     output:
@@ -53,7 +55,8 @@ rule submit:
         "../envs/steelflow.yaml"
     shell:
         "steelflow submit {params.config} --raw {input.raw} "
-        "--classifier {input.classifier} --unet {input.unet} --thresholds {input.thresholds} "
+        "--classifier models/classifier_f{{fold}}.pt --unet models/unet_f{{fold}}.pt "
+        "--thresholds {input.thresholds} "
         "--out {output} > {log} 2>&1"
 
 

@@ -33,13 +33,17 @@ def _load(args: argparse.Namespace) -> dict:
     return config
 
 
-def _config(args: argparse.Namespace) -> None:
+def _settings(config: dict) -> str:
+    """The experiment settings of ``config`` (all but machine) as YAML."""
     import yaml
 
+    return yaml.safe_dump({k: v for k, v in config.items() if k != "machine"}, sort_keys=False)
+
+
+def _config(args: argparse.Namespace) -> None:
     from steelflow.atomic import atomic_path
 
-    experiment = {key: value for key, value in _load(args).items() if key != "machine"}
-    text = yaml.safe_dump(experiment, sort_keys=False)
+    text = _settings(_load(args))
     if args.out:
         with atomic_path(args.out) as tmp:
             tmp.write_text(text)
@@ -146,6 +150,19 @@ def fold_paths(pattern: str, folds: list[int]) -> list[Path]:
     return [Path(pattern.replace("{fold}", str(fold))) for fold in folds]
 
 
+def _fold_models(args: argparse.Namespace, folds: list[int]) -> dict[str, dict[int, Path]]:
+    """Each network's checkpoint per fold; both paths need ``{fold}`` for several folds."""
+    if len(folds) > 1 and not all("{fold}" in p for p in (args.classifier, args.unet)):
+        raise ValueError(
+            f"--classifier {args.classifier} --unet {args.unet}: with train.folds {folds}, "
+            "both need {fold} in the path, to find the models of each fold"
+        )
+    return {
+        network: dict(zip(folds, fold_paths(getattr(args, network), folds), strict=True))
+        for network in ("classifier", "unet")
+    }
+
+
 def _predictor(args: argparse.Namespace, config: dict, fold: int | None = None):
     """Both networks of ``fold``; of every fold of train.folds (an ensemble) when None."""
     from steelflow.predict import Predictor
@@ -165,11 +182,7 @@ def _tune(args: argparse.Namespace) -> None:
 
     config = _load(args)
     cfg, folds = config["tune"], config["train"]["folds"]
-    if len(folds) > 1 and not all("{fold}" in p for p in (args.classifier, args.unet)):
-        raise ValueError(
-            f"--classifier {args.classifier} --unet {args.unet}: with train.folds {folds}, "
-            "both need {fold} in the path, to find the models of each fold"
-        )
+    _fold_models(args, folds)  # one checkpoint per fold
     evidence = out_of_fold(
         lambda fold: _predictor(args, config, fold),
         folds,
@@ -218,6 +231,17 @@ def _predict(args: argparse.Namespace) -> None:
     )
     found = (table.EncodedPixels != "").sum()
     print(f"{args.out}: {len(table) // 4} images, {found} masks; predictions.csv and overlays")
+
+
+def _bundle(args: argparse.Namespace) -> None:
+    from steelflow.bundle import build
+
+    config = _load(args)
+    models = _fold_models(args, config["train"]["folds"])
+    files = build(Path(args.out), models, Path(args.thresholds), _settings(config), args.dataset)
+    size = sum(f.stat().st_size for f in files) / 2**20
+    print(f"{args.out}: {len(files)} files, {size:.1f} MiB")
+    print(f"upload it: kaggle datasets create -p {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,6 +352,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: predictions.csv + overlay PNGs")
     p.add_argument("--thresholds", default="results/thresholds.json", help="from steelflow tune")
     p.set_defaults(run=_predict)
+
+    p = stages.add_parser(
+        "bundle",
+        parents=[configured, models],
+        help="the models, thresholds and package as a folder a Kaggle notebook installs offline",
+    )
+    p.add_argument("--thresholds", default="results/thresholds.json", help="from steelflow tune")
+    p.add_argument("--out", default="dist/kaggle", help="bundle folder (dist/kaggle)")
+    p.add_argument(
+        "--dataset",
+        default="your-kaggle-username/steelflow-bundle",
+        help="Kaggle dataset id (owner/slug) for dataset-metadata.json",
+    )
+    p.set_defaults(run=_bundle)
 
     p = stages.add_parser("score", help="competition Dice of a submission against the truth")
     p.add_argument("--submission", required=True, help="predicted masks, either CSV layout")

@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
-SCHEMA = "workflow/schemas/config.schema.yaml"
+SCHEMA = "steelflow/config.schema.yaml"
 
 
 def _imported(node: ast.AST) -> set[str]:

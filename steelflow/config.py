@@ -1,14 +1,15 @@
-"""Load config.yaml and validate it against the workflow's one JSON schema."""
+"""Load config.yaml and validate it against the package's one JSON schema (config.schema.yaml)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parent / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -35,24 +36,35 @@ def _describe(error) -> str:
     return f"{key}: {error.message}"
 
 
+def _filling_defaults(validator_class):
+    """A jsonschema validator that fills in each missing property's default as it
+    validates (as snakemake.utils.validate does with set_default)."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def properties(validator, properties, instance, schema):
+        for name, subschema in properties.items():
+            if "default" in subschema and isinstance(instance, dict):
+                instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from check_properties(validator, properties, instance, schema)
+
+    from jsonschema import validators
+
+    return validators.extend(validator_class, {"properties": properties})
+
+
 def validate(config: dict[str, Any], schema: Path = SCHEMA) -> dict[str, Any]:
-    """Validate ``config`` in place with snakemake's validator, filling defaults.
+    """Validate ``config`` in place against the JSON schema, filling defaults.
 
     Raises ConfigError with one line naming the key and what was expected.
     """
-    from jsonschema.exceptions import ValidationError
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate as snakemake_validate
+    from jsonschema import Draft202012Validator, ValidationError
 
     if not schema.is_file():
         raise ConfigError(f"config schema not found at {schema}")
     try:
-        snakemake_validate(config, str(schema), set_default=True)
-    except WorkflowError as e:
-        cause = e.__context__  # snakemake raises while handling jsonschema's error
-        if not isinstance(cause, ValidationError):
-            raise
-        raise ConfigError(f"invalid config: {_describe(cause)}") from None
+        _filling_defaults(Draft202012Validator)(yaml.safe_load(schema.read_text())).validate(config)
+    except ValidationError as e:
+        raise ConfigError(f"invalid config: {_describe(e)}") from None
     outside = [f for f in config["train"]["folds"] if f >= config["split"]["folds"]]
     if outside:
         raise ConfigError(
@@ -60,6 +72,18 @@ def validate(config: dict[str, Any], schema: Path = SCHEMA) -> dict[str, Any]:
             f"({config['split']['folds']}), got {outside[0]}"
         )
     return config
+
+
+def layer(config: dict[str, Any], overlay: Mapping[str, Any]) -> None:
+    """``overlay`` over ``config``, in place, as Snakemake layers ``--configfile``s
+    (its ``update_config``): mappings merge key by key, any other value replaces."""
+    for key, value in overlay.items():
+        if isinstance(value, Mapping):
+            if not isinstance(config.get(key), dict):
+                config[key] = {}
+            layer(config[key], value)
+        else:
+            config[key] = value
 
 
 def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
@@ -70,9 +94,7 @@ def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {key!r}: {part!r} is not a section")
-    from snakemake.utils import update_config  # layers exactly as Snakemake does
-
-    update_config(node, {leaf: value})
+    layer(node, {leaf: value})
 
 
 def dotted_leaves(layer: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -109,11 +131,9 @@ def load(
     layers ``--configfile``), then ``overrides`` (dotted keys, e.g. ``{"unet.epochs": 1}``,
     as ``--config``), validated and with defaults filled in."""
     paths = [paths] if isinstance(paths, str | Path) else list(paths)
-    from snakemake.utils import update_config  # layers exactly as Snakemake does
-
     config: dict[str, Any] = {}
     for path in paths:
-        update_config(config, read(path))
+        layer(config, read(path))
     for key, value in (overrides or {}).items():
         set_dotted(config, key, value)
     try:

@@ -53,3 +53,50 @@ def fetch_synthetic(out: Path, n_train: int, n_test: int) -> Path:
     args = ["fetch", "--config", str(TEST_CONFIG), "--out", str(out)]
     assert main(args + [arg for size in sizes for arg in ("--set", size)]) == 0
     return out
+
+
+FOLDS = ["--set", "train.folds=[0, 1]"]  # two folds: an ensemble, tuned out of fold
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory) -> Path:
+    """Tiny data, both networks trained one epoch on folds 0 and 1, thresholds tuned
+    (the project of the answer stages: tune, submit, predict, bundle)."""
+    from steelflow.cli import main
+    from steelflow.masks import build
+
+    root = tmp_path_factory.mktemp("answer")
+    config = ["--config", str(TEST_CONFIG), *FOLDS]
+    data = ["--raw", str(root / "raw"), "--masks", str(root / "masks")]
+    fetch_synthetic(root / "raw", 20, 6)
+    build(root / "raw/train.csv", root / "raw/train_images", root / "masks")
+    split = ["--split", str(root / "split.csv")]
+    assert main(["split", *config, "--masks", str(root / "masks"), "--out", split[1]]) == 0
+    for network in ("classifier", "unet"):
+        for fold in (0, 1):
+            outputs = {
+                "--out": f"{network}_f{fold}.pt",
+                "--history": f"{network}_f{fold}.csv",
+                "--curves": f"{network}_f{fold}.png",
+            }
+            named = [x for flag, name in outputs.items() for x in (flag, str(root / name))]
+            args = ["train", network, *config, "--fold", str(fold), *data, *split, *named]
+            assert main(args) == 0
+    tuned = ["--out", str(root / "thresholds.json"), "--figure", str(root / "thresholds.png")]
+    assert main(["tune", *config, *data, *split, *networks(root), *tuned]) == 0
+    return root
+
+
+def networks(root: Path) -> list[str]:
+    """Every fold's checkpoints, as the rules name them."""
+    return [
+        "--classifier",
+        str(root / "classifier_f{fold}.pt"),
+        "--unet",
+        str(root / "unet_f{fold}.pt"),
+    ]
+
+
+def models_args(root: Path) -> list[str]:
+    thresholds = ["--thresholds", str(root / "thresholds.json")]
+    return ["--config", str(TEST_CONFIG), *FOLDS, *networks(root), *thresholds]

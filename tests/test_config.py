@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import yaml
 
@@ -195,3 +197,25 @@ def test_machine_settings_live_in_their_own_section(key):
     with pytest.raises(ConfigError, match="unknown key"):
         load(ROOT / "config.yaml", {key: 1})
     assert set(load(ROOT / "config.yaml")["machine"]) == {"workers", "threads", "draw_workers"}
+
+
+@pytest.mark.parametrize(
+    ("base", "overlay"),
+    [
+        ({"unet": {"epochs": 6, "lr": 1e-3}, "seed": 1}, {"unet": {"epochs": 2}, "seed": 7}),
+        ({"tune": {"gates": [0.1, 0.2]}}, {"tune": {"gates": [0.5]}}),  # a list replaces
+        ({"data": {"synthetic": {"n_train": 9}}}, {"data": {"synthetic": {"preset": "x"}}}),
+        ({"a": 1}, {"a": {"b": 2}}),  # a mapping over a value
+        ({"a": {"b": 2}}, {"a": 1}),  # a value over a mapping
+        ({"a": {"b": 2}}, {"a": {}}),
+    ],
+)
+def test_config_files_layer_as_snakemake_layers_them(base, overlay):
+    from snakemake.utils import update_config
+
+    from steelflow.config import layer
+
+    ours, snakemakes = copy.deepcopy(base), copy.deepcopy(base)
+    layer(ours, overlay)
+    update_config(snakemakes, overlay)
+    assert ours == snakemakes

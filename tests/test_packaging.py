@@ -21,14 +21,19 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def declared() -> dict[str, Requirement]:
-    return {normalise(r.name): r for r in map(Requirement, PROJECT["dependencies"])}
+def declared(*extras: str) -> dict[str, Requirement]:
+    """The base dependencies and those of ``extras`` (without steelflow's own extras)."""
+    listed = PROJECT["dependencies"] + [
+        r for extra in extras for r in PROJECT["optional-dependencies"][extra]
+    ]
+    requirements = (Requirement(r) for r in listed)
+    return {normalise(r.name): r for r in requirements if r.name != "steelflow"}
 
 
-def imported_modules() -> set[str]:
-    """Top-level names of the third-party modules the package imports."""
+def imported_modules(paths=None) -> set[str]:
+    """Top-level names of the third-party modules the package (or ``paths``) imports."""
     names = set()
-    for path in (ROOT / "steelflow").glob("*.py"):
+    for path in paths or (ROOT / "steelflow").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names |= {alias.name.split(".")[0] for alias in node.names}
@@ -37,15 +42,29 @@ def imported_modules() -> set[str]:
     return names - set(sys.stdlib_module_names) - {"steelflow", "__future__"}
 
 
-def test_every_imported_package_is_a_declared_dependency():
+def undeclared(modules: set[str], wanted: dict[str, Requirement]) -> dict:
     distributions = packages_distributions()
-    wanted = declared()
-    undeclared = {
+    return {
         module: distributions.get(module)
-        for module in imported_modules()
+        for module in modules
         if not {normalise(d) for d in distributions.get(module, [])} & set(wanted)
     }
-    assert not undeclared, f"imported but not in pyproject.toml's dependencies: {undeclared}"
+
+
+def test_every_imported_package_is_a_declared_dependency():
+    missing = undeclared(imported_modules(), declared("workflow"))
+    assert not missing, f"imported but not in pyproject.toml's dependencies: {missing}"
+
+
+def test_prediction_needs_only_the_base_dependencies():
+    """`pip install steelflow` (no extras) is enough for submit and predict: nothing on
+    their import path needs snakemake, dvc or kaggle."""
+    from steelflow.code import stage_code
+
+    files = {f for stage in ("submit", "predict") for f in stage_code(stage) if f.endswith(".py")}
+    missing = undeclared(imported_modules([ROOT / f for f in files]), declared())
+    assert not missing, f"submit and predict import what only an extra provides: {missing}"
+    assert not {"snakemake", "dvc", "kaggle"} & set(declared())
 
 
 def test_declared_minimum_versions_have_the_apis_the_code_uses():

@@ -17,57 +17,13 @@ from steelflow import rle
 from steelflow.cli import main
 from steelflow.config import load
 from steelflow.io import read_masks
-from steelflow.masks import build
 from steelflow.models import build_classifier, build_unet
 from steelflow.predict import Thresholds, drop_small_components, postprocess
 from steelflow.tune import Evidence, areas_above, class_dice, search
-from tests.conftest import TEST_CONFIG, fetch_synthetic
+from tests.conftest import TEST_CONFIG, models_args
 from tests.test_rle import reference_decode
 
 TUNE = load(TEST_CONFIG)["tune"]
-
-
-FOLDS = ["--set", "train.folds=[0, 1]"]  # two folds: an ensemble, tuned out of fold
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """Tiny data, both networks trained one epoch on folds 0 and 1, thresholds tuned."""
-    root = tmp_path_factory.mktemp("answer")
-    config = ["--config", str(TEST_CONFIG), *FOLDS]
-    data = ["--raw", str(root / "raw"), "--masks", str(root / "masks")]
-    fetch_synthetic(root / "raw", 20, 6)
-    build(root / "raw/train.csv", root / "raw/train_images", root / "masks")
-    split = ["--split", str(root / "split.csv")]
-    assert main(["split", *config, "--masks", str(root / "masks"), "--out", split[1]]) == 0
-    for network in ("classifier", "unet"):
-        for fold in (0, 1):
-            outputs = {
-                "--out": f"{network}_f{fold}.pt",
-                "--history": f"{network}_f{fold}.csv",
-                "--curves": f"{network}_f{fold}.png",
-            }
-            named = [x for flag, name in outputs.items() for x in (flag, str(root / name))]
-            args = ["train", network, *config, "--fold", str(fold), *data, *split, *named]
-            assert main(args) == 0
-    tuned = ["--out", str(root / "thresholds.json"), "--figure", str(root / "thresholds.png")]
-    assert main(["tune", *config, *data, *split, *networks(root), *tuned]) == 0
-    return root
-
-
-def networks(root: Path) -> list[str]:
-    """Every fold's checkpoints, as the rules name them."""
-    return [
-        "--classifier",
-        str(root / "classifier_f{fold}.pt"),
-        "--unet",
-        str(root / "unet_f{fold}.pt"),
-    ]
-
-
-def models_args(root: Path) -> list[str]:
-    thresholds = ["--thresholds", str(root / "thresholds.json")]
-    return ["--config", str(TEST_CONFIG), *FOLDS, *networks(root), *thresholds]
 
 
 def test_tune_writes_settings_for_every_class_and_a_figure(project):

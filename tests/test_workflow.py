@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +32,9 @@ WORKFLOW_FILES = [
     "dvc.yaml",
     "profiles",
     "steelflow",
+    "pyproject.toml",  # the bundle's wheel is built from the package and these
+    "README.md",
+    "LICENSE",
 ]
 TINY = yaml.safe_load(TEST_CONFIG.read_text())["data"]["synthetic"]  # the tiny data set
 WITHOUT_VENV = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != str(BIN))
@@ -115,9 +119,11 @@ def drift(snakefile: dict[str, dict], dvc: dict[str, dict]) -> list[str]:
     for name in sorted(snakefile.keys() & dvc.keys()):
         for field in ("cmd", "deps", "outs"):
             ours, theirs = snakefile[name][field], dvc[name][field]
-            checkpoints = {d for d in ours if d.startswith("models/")}
-            if field == "deps" and checkpoints and "models" in theirs:  # every fold's, as a folder
-                ours = ours - checkpoints | {"models"}
+            if field == "deps":  # a folder in dvc.yaml stands for the Snakefile's files in it
+                inside = {d for d in ours for f in theirs if d.startswith(f"{f}/")}
+                ours = ours - inside | {
+                    f for f in theirs if any(d.startswith(f"{f}/") for d in ours)
+                }
             if ours != theirs:
                 detail = (
                     f"{ours!r} vs {theirs!r}"
@@ -137,10 +143,16 @@ def test_snakemake_lint_passes():
     )
 
 
-def test_snakefile_and_dvc_yaml_describe_the_same_stages():
-    """Commands, data and code: dvc.yaml's default overlay given to Snakemake too."""
+@cache
+def default_stages() -> dict[str, dict]:
+    """The Snakefile's jobs with dvc.yaml's default overlay given to Snakemake too."""
     overlay = yaml.safe_load((ROOT / "params.yaml").read_text())["configfile"]
-    assert drift(snakemake_stages("--configfile", overlay), dvc_stages(ROOT)) == []
+    return snakemake_stages("--configfile", overlay)
+
+
+def test_snakefile_and_dvc_yaml_describe_the_same_stages():
+    """Commands, data and code."""
+    assert drift(default_stages(), dvc_stages(ROOT)) == []
 
 
 @pytest.mark.parametrize(
@@ -174,7 +186,7 @@ def test_snakefile_and_dvc_yaml_describe_the_same_stages():
     ],
 )
 def test_drift_in_a_command_an_output_or_a_code_dep_is_caught(project, old, new, found):
-    ours = snakemake_stages("--configfile", "configs/none.yaml", cwd=project)
+    ours = default_stages()  # the project's Snakefile is the checkout's
     text = (project / "dvc.yaml").read_text()
     assert old in text
     assert drift(ours, dvc_stages(project)) == []
@@ -243,6 +255,8 @@ def test_snakemake_run_then_dvc_commit_push_and_pull_into_a_fresh_clone(project,
         "results/metrics.json",
         "results/eda/stats.json",
         "results/config.yaml",
+        "dist/kaggle/submit.py",
+        "dist/kaggle/models/unet_f1.pt",
     ):
         assert (clone / path).read_bytes() == (project / path).read_bytes(), path
     # the teammate's clone is complete: nothing to rerun under either tool
@@ -266,7 +280,8 @@ def test_dvc_repro_and_experiments_run_the_same_stages(project, tmp_path):
 
     code = project / "steelflow/tune.py"  # a code change: the stages that import it
     code.write_text(code.read_text() + "# changed\n")
-    assert re.findall(r"^(\w+):", dvc("status", cwd=project).stdout, re.MULTILINE) == ["tune"]
+    changed = re.findall(r"^(\w+):", dvc("status", cwd=project).stdout, re.MULTILINE)
+    assert sorted(changed) == ["bundle", "tune"]  # the bundle's wheel holds the whole package
     code.write_text(code.read_text().removesuffix("# changed\n"))
 
     git("add", "dvc.lock", cwd=project)
@@ -281,14 +296,21 @@ def test_dvc_repro_and_experiments_run_the_same_stages(project, tmp_path):
     assert not stages & {"fetch", "masks", "eda", "split", "train_classifier@0"}  # the csv changed
     assert len(pd.read_csv(project / "results/train/unet_f1.csv")) == 2
 
-    stages = experiment("config.yaml:train.folds=[0,1,2]")  # a third fold: trained alone
-    assert {"train_classifier@2", "train_unet@2", "tune", "submit"} <= stages
-    assert not stages & {"train_classifier@0", "train_unet@0", "train_unet@1"}
+    config = project / "config.yaml"  # a third fold: its stages would run, and not the others'
+    two = config.read_text()
+    three = yaml.safe_load(two)
+    three["train"]["folds"] = [0, 1, 2]
+    config.write_text(yaml.safe_dump(three, sort_keys=False))
+    stale = set(re.findall(r"^([\w@]+):", dvc("status", cwd=project).stdout, re.MULTILINE))
+    assert {"train_classifier@2", "train_unet@2", "tune", "submit"} <= stale
+    assert not stale & {"train_classifier@0", "train_unet@0", "train_unet@1"}
+    config.write_text(two)
 
     (project / "configs/longer.yaml").write_text("classifier:\n  epochs: 2\n")
-    ran = dvc("exp", "run", "-S", "configfile=configs/longer.yaml", cwd=project).stdout
-    assert "Running stage 'train_classifier@2'" in ran
-    assert len(pd.read_csv(project / "results/train/classifier_f2.csv")) == 2
+    targets = ["config", "train_classifier@1"]  # what the overlay changes, and not the rest
+    ran = dvc("exp", "run", "-S", "configfile=configs/longer.yaml", *targets, cwd=project).stdout
+    assert "Running stage 'train_classifier@1'" in ran
+    assert len(pd.read_csv(project / "results/train/classifier_f1.csv")) == 2
     record = yaml.safe_load((project / "results/config.yaml").read_text())
     assert record["classifier"]["epochs"] == record["unet"]["epochs"] == 2
     shown = dvc("exp", "show", "--csv", cwd=project).stdout
@@ -458,8 +480,8 @@ def test_each_stage_code_is_what_its_command_imports():
     assert "steelflow/tune.py" not in train and "steelflow/predict.py" not in train
     assert {"steelflow/tune.py", "steelflow/predict.py", "steelflow/models.py"} <= tune
     assert "steelflow/losses.py" not in tune
-    assert "workflow/schemas/config.schema.yaml" in train  # its defaults are settings
-    assert "workflow/schemas/config.schema.yaml" not in stage_code("masks")  # no config
+    assert "steelflow/config.schema.yaml" in train  # its defaults are settings
+    assert "steelflow/config.schema.yaml" not in stage_code("masks")  # no config
     assert all((ROOT / f).is_file() for f in train | tune)
     with pytest.raises(ValueError, match="no stage 'nope'"):
         stage_code("nope")

@@ -58,6 +58,7 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
 # the network, which compute nodes often lack).
 localrules:
     all,
+    bundle,
     config,
     fetch,
     split,
@@ -75,6 +76,12 @@ def fold_settings(*sections):
     chosen = settings(*sections)
     chosen["train"] = {k: v for k, v in chosen["train"].items() if k != "folds"}
     return chosen
+
+
+def package_sources():
+    """What the bundle's wheel is built from: the package and its project files."""
+    package = (p for p in Path("steelflow").rglob("*") if "__pycache__" not in p.parts)
+    return ["LICENSE", "README.md", "pyproject.toml", *sorted(str(p) for p in package if p.is_file())]
 
 
 def fold_models(network):
@@ -102,4 +109,5 @@ def all_outputs():
         "results/eda/stats.json",
         "submission.csv",
         "results/metrics.json",
+        "dist/kaggle",
     ]

@@ -1,5 +1,5 @@
 """Answer: tune the post-processing out of fold, write the submission with the models of
-every trained fold, score it."""
+every trained fold, score it; bundle the models for a Kaggle notebook."""
 
 
 rule tune:
@@ -58,6 +58,30 @@ rule submit:
         "--classifier models/classifier_f{{fold}}.pt --unet models/unet_f{{fold}}.pt "
         "--thresholds {input.thresholds} "
         "--out {output} > {log} 2>&1"
+
+
+rule bundle:
+    input:
+        classifier=fold_models("classifier"),
+        unet=fold_models("unet"),
+        thresholds="results/thresholds.json",
+        code=stage_code("bundle"),
+        package=package_sources(),
+    output:
+        directory("dist/kaggle"),
+    params:
+        config=CONFIG,
+        settings=settings(*(section for section in config if section != "machine")),
+    log:
+        "logs/bundle.log",
+    benchmark:
+        "logs/benchmarks/bundle.tsv"
+    conda:
+        "../envs/steelflow.yaml"
+    shell:
+        "steelflow bundle {params.config} --classifier models/classifier_f{{fold}}.pt "
+        "--unet models/unet_f{{fold}}.pt --thresholds {input.thresholds} --out {output} "
+        "> {log} 2>&1"
 
 
 rule score:

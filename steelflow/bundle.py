@@ -1,0 +1,78 @@
+"""The Kaggle bundle: what a notebook without internet needs to write submission.csv.
+
+    dist/kaggle/
+      wheels/steelflow-VERSION-py3-none-any.whl   the package (a Kaggle image has its dependencies)
+      models/classifier_fF.pt, unet_fF.pt         the models of every trained fold
+      thresholds.json, config.yaml                tune's choices, the run's resolved settings
+      dataset-metadata.json                       for `kaggle datasets create -p dist/kaggle`
+      submit.py                                   installs offline, writes submission.csv
+
+The same folder serves a production line without internet.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from steelflow.atomic import atomic_dir
+
+ROOT = Path(__file__).resolve().parents[1]  # the source checkout the wheel is built from
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "steelflow")
+SCRIPT = Path(__file__).with_name("kaggle_submit.py")
+
+
+def build_wheel(out: Path) -> Path:
+    """The steelflow wheel in ``out``, built offline from a copy of the sources, so
+    that the checkout gets no build folders."""
+    missing = [name for name in SOURCES if not (ROOT / name).exists()]
+    if missing:
+        raise ValueError(
+            f"{ROOT / missing[0]} not found: the bundle builds its wheel from a steelflow "
+            "source checkout"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "source"
+        for name in SOURCES:
+            if (ROOT / name).is_dir():
+                ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+                shutil.copytree(ROOT / name, source / name, ignore=ignore)
+            else:
+                source.mkdir(exist_ok=True)
+                shutil.copy(ROOT / name, source / name)
+        pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
+        subprocess.run([*pip, "--wheel-dir", str(out), str(source)], check=True)
+    return next(out.glob("steelflow-*.whl"))
+
+
+def build(
+    out: Path,
+    models: dict[str, dict[int, Path]],
+    thresholds: Path,
+    settings: str,
+    dataset: str,
+) -> list[Path]:
+    """Write the bundle folder ``out`` (atomically): ``models`` maps each network to its
+    checkpoint per fold, ``settings`` is the resolved config as YAML text, ``dataset``
+    the Kaggle dataset id (``owner/slug``). Returns the files written."""
+    for path in [thresholds, *(p for folds in models.values() for p in folds.values())]:
+        if not Path(path).is_file():
+            raise ValueError(
+                f"{path}: not found (the bundle needs every fold's models and tune's thresholds)"
+            )
+    with atomic_dir(out) as tmp:
+        build_wheel(tmp / "wheels")
+        (tmp / "models").mkdir()
+        for network, folds in models.items():
+            for fold, path in folds.items():
+                shutil.copy(path, tmp / "models" / f"{network}_f{fold}.pt")
+        shutil.copy(thresholds, tmp / "thresholds.json")
+        (tmp / "config.yaml").write_text(settings)
+        shutil.copy(SCRIPT, tmp / "submit.py")
+        metadata = {"title": "steelflow models", "id": dataset, "licenses": [{"name": "other"}]}
+        (tmp / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return sorted(p for p in Path(out).rglob("*") if p.is_file())

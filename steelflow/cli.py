@@ -322,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{stage} checkpoints; {{fold}} stands for each of train.folds "
             f"(models/{network}_f{{fold}}.pt)",
         )
+    tuned = argparse.ArgumentParser(add_help=False, parents=[models])
+    tuned.add_argument(
+        "--thresholds", default="results/thresholds.json", help="from steelflow tune"
+    )
 
     p = stages.add_parser(
         "tune",
@@ -336,29 +340,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_tune)
 
     p = stages.add_parser(
-        "submit", parents=[configured, models], help="submission.csv for the test images"
+        "submit", parents=[configured, tuned], help="submission.csv for the test images"
     )
     p.add_argument("--raw", default="resources/raw", help="Kaggle layout folder (resources/raw)")
-    p.add_argument("--thresholds", default="results/thresholds.json", help="from steelflow tune")
     p.add_argument("--out", default="submission.csv", help="(submission.csv)")
     p.set_defaults(run=_submit)
 
     p = stages.add_parser(
         "predict",
-        parents=[configured, models],
+        parents=[configured, tuned],
         help="masks and overlays for a folder of your own images",
     )
     p.add_argument("images", help="folder of JPEG or PNG steel images")
     p.add_argument("--out", required=True, help="output folder: predictions.csv + overlay PNGs")
-    p.add_argument("--thresholds", default="results/thresholds.json", help="from steelflow tune")
     p.set_defaults(run=_predict)
 
     p = stages.add_parser(
         "bundle",
-        parents=[configured, models],
+        parents=[configured, tuned],
         help="the models, thresholds and package as a folder a Kaggle notebook installs offline",
     )
-    p.add_argument("--thresholds", default="results/thresholds.json", help="from steelflow tune")
     p.add_argument("--out", default="dist/kaggle", help="bundle folder (dist/kaggle)")
     p.add_argument(
         "--dataset",

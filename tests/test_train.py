@@ -251,3 +251,19 @@ def test_ema_weights_are_validated_saved_and_resumed(data, tmp_path, monkeypatch
     assert all(
         torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-5) for k in a["model"]
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("network", ["classifier", "unet"])
+def test_cuda_mixed_precision_trains_and_resumes(data, tmp_path, monkeypatch, network, precision):
+    """On a GPU: autocast in fp16 (with the GradScaler) or bf16, killed after epoch 1 and
+    resumed; the checkpoint loads on a CPU."""
+    cuda = {"train.device": "cuda", "train.precision": precision, f"{network}.epochs": 2}
+    interrupted_after_one_epoch(data, tmp_path, monkeypatch, name=network, **cuda)
+    train_network(data, tmp_path, name=network, resume=True, **cuda)
+    history = pd.read_csv(tmp_path / f"{network}.csv")
+    assert history.epoch.tolist() == [1, 2] and np.isfinite(history.train_loss).all()
+    state = torch.load(tmp_path / f"{network}.pt", weights_only=True, map_location="cpu")
+    assert state["config"]["epochs"] == 2 and state["model"]

@@ -142,38 +142,36 @@ def _train(args: argparse.Namespace) -> None:
         print(json.dumps({"best": best}, indent=2))
 
 
-def fold_paths(pattern: str, folds: list[int]) -> list[Path]:
-    """The checkpoint of each fold, from a path with ``{fold}`` in it (a path without
-    one is a single model)."""
-    if "{fold}" not in pattern:
-        return [Path(pattern)]
-    return [Path(pattern.replace("{fold}", str(fold))) for fold in folds]
-
-
 def _fold_models(args: argparse.Namespace, folds: list[int]) -> dict[str, dict[int, Path]]:
-    """Each network's checkpoint per fold; both paths need ``{fold}`` for several folds."""
+    """Each network's checkpoint per fold, from ``--classifier``/``--unet``: ``{fold}`` in
+    a path stands for each fold; a path without it is a single fold's model."""
     if len(folds) > 1 and not all("{fold}" in p for p in (args.classifier, args.unet)):
         raise ValueError(
             f"--classifier {args.classifier} --unet {args.unet}: with train.folds {folds}, "
             "both need {fold} in the path, to find the models of each fold"
         )
     return {
-        network: dict(zip(folds, fold_paths(getattr(args, network), folds), strict=True))
+        network: {f: Path(getattr(args, network).replace("{fold}", str(f))) for f in folds}
         for network in ("classifier", "unet")
     }
 
 
-def _predictor(args: argparse.Namespace, config: dict, fold: int | None = None):
-    """Both networks of ``fold``; of every fold of train.folds (an ensemble) when None."""
+def _predictor(models: dict[str, dict[int, Path]], config: dict, folds: list[int]):
+    """Both networks of ``folds`` (an ensemble when several), in the configured precision."""
     from steelflow.predict import Predictor
 
-    folds = config["train"]["folds"] if fold is None else [fold]
     return Predictor(
-        fold_paths(args.classifier, folds),
-        fold_paths(args.unet, folds),
+        [models["classifier"][f] for f in folds],
+        [models["unet"][f] for f in folds],
         config["train"],
         config["predict"]["tta"],
     )
+
+
+def _ensemble(args: argparse.Namespace, config: dict):
+    """The predictor of every fold of train.folds."""
+    folds = config["train"]["folds"]
+    return _predictor(_fold_models(args, folds), config, folds)
 
 
 def _tune(args: argparse.Namespace) -> None:
@@ -182,9 +180,9 @@ def _tune(args: argparse.Namespace) -> None:
 
     config = _load(args)
     cfg, folds = config["tune"], config["train"]["folds"]
-    _fold_models(args, folds)  # one checkpoint per fold
+    models = _fold_models(args, folds)
     evidence = out_of_fold(
-        lambda fold: _predictor(args, config, fold),
+        lambda fold: _predictor(models, config, [fold]),
         folds,
         Path(args.split),
         Path(args.raw) / "train_images",
@@ -204,7 +202,7 @@ def _submit(args: argparse.Namespace) -> None:
     from steelflow.predict import Thresholds, check_submission, submission_rows
 
     config = _load(args)
-    predictor = _predictor(args, config)
+    predictor = _ensemble(args, config)
     thresholds = Thresholds.load(Path(args.thresholds))
     raw = Path(args.raw)
     order = read_masks(raw / "sample_submission.csv")
@@ -223,7 +221,7 @@ def _predict(args: argparse.Namespace) -> None:
 
     config = _load(args)
     table = predict_folder(
-        _predictor(args, config),
+        _ensemble(args, config),
         Thresholds.load(Path(args.thresholds)),
         Path(args.images),
         Path(args.out),

@@ -124,7 +124,7 @@ def postprocess(prob: torch.Tensor, th: Thresholds) -> np.ndarray:
     above = (prob > torch.tensor(th.pixel, dtype=prob.dtype).view(1, C, 1, 1)).numpy()
     masks = above.view(np.uint8)
     for k, minimum in enumerate(th.min_component):
-        if minimum:
+        if minimum and th.enabled[k]:  # a class switched off is emptied below anyway
             for mask in masks[:, k]:
                 mask[:] = drop_small_components(mask, minimum)
     area = masks.reshape(*masks.shape[:2], -1).sum(-1, dtype=np.int64)

@@ -119,10 +119,10 @@ def areas_above(prob: torch.Tensor, truth: torch.Tensor, grid: torch.Tensor, min
     truth = truth.numpy()
     for i, k, t in zip(*np.nonzero(whole[0]), strict=True):
         labels, sizes = components((prob[i, k] > grid[t]).numpy().view(np.uint8))
-        hits = np.bincount(labels[truth[i, k]], minlength=len(sizes))
         kept = sizes[None, 1:] >= minimums[:, None]  # (K, components)
         area[i, k, t] = kept @ sizes[1:]
-        overlap[i, k, t] = kept @ hits[1:]
+        if whole[1][i, k, t]:  # some predicted pixels are true: which components hold them
+            overlap[i, k, t] = kept @ np.bincount(labels[truth[i, k]], minlength=len(sizes))[1:]
     return area, overlap
 
 

@@ -20,7 +20,7 @@ from steelflow.io import read_masks
 from steelflow.models import build_classifier, build_unet
 from steelflow.predict import Thresholds, drop_small_components, postprocess
 from steelflow.tune import Evidence, areas_above, class_dice, search
-from tests.conftest import TEST_CONFIG, models_args
+from tests.conftest import FOLDS, TEST_CONFIG, models_args
 from tests.test_rle import reference_decode
 
 TUNE = load(TEST_CONFIG)["tune"]
@@ -363,7 +363,7 @@ def test_a_bad_checkpoint_stops_submit_with_one_line_naming_it(
     good = project / f"{network}_f0.pt"
     other = project / ("unet_f0.pt" if network == "classifier" else "classifier_f0.pt")
     bad = other if kind == "other network" else bad_files(tmp_path / "bad", good)[kind]
-    args = models_args(project)
+    args = [a for a in models_args(project) if a not in FOLDS]  # fold 0: one bad file
     args[args.index(f"--{network}") + 1] = str(bad)
     out = tmp_path / "submission.csv"
     assert main(["submit", *args, "--raw", str(project / "raw"), "--out", str(out)]) == 1

@@ -56,7 +56,8 @@ LIGHT = {  # a cheaper U-Net: RegNetY-400MF encoder, narrow decoder to full inpu
     "unet.output_stride": 1,
     "unet.head_prior": 0.5,
 }
-VARIANTS = {
+BEFORE_POS_WEIGHT = {"unet.pos_weight": [1, 1, 1, 1]}  # every U-Net variant until then
+OLDER = {
     "baseline": EARLIER,
     "balanced": {**EARLIER, "unet.sampler": "balanced"},
     "stride1": {**EARLIER, "unet.output_stride": 1},
@@ -106,6 +107,23 @@ VARIANTS = {
 def network_of(overrides: dict) -> str:
     """The network a variant trains: the classifier when it changes classifier settings."""
     return "classifier" if any(k.startswith("classifier.") for k in overrides) else "unet"
+
+
+VARIANTS = {
+    **{
+        name: {**BEFORE_POS_WEIGHT, **changes} if network_of(changes) == "unet" else changes
+        for name, changes in OLDER.items()
+    },
+    "clf_regnet_multilabel_fp32": {
+        "classifier.arch": "regnet_y_400mf",
+        "classifier.head": "multilabel",
+        "train.precision": "fp32",
+    },
+    "clf_resnet18_multilabel_fp32": {"classifier.head": "multilabel", "train.precision": "fp32"},
+    "clf_regnet_fp32": {"classifier.arch": "regnet_y_400mf", "train.precision": "fp32"},
+    "seed1_pos_weight": {"seed": 1, "unet.pos_weight": [10, 10, 1, 1]},
+    "seed1_focal": {"seed": 1, "unet.focal_gamma": 2},
+}
 
 
 METRICS = {"unet": [f"dice_defect_{c}" for c in (1, 2, 3, 4)], "classifier": ["auc", "f1"]}

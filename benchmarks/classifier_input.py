@@ -46,7 +46,7 @@ def main() -> None:
         with torch.no_grad():
             scores = np.concatenate(
                 [
-                    predictor.defect_prob([{scale: g} for g in grays[i : i + 32]])
+                    predictor.class_prob([{scale: g} for g in grays[i : i + 32]]).max(axis=1)
                     for i in range(0, len(grays), 32)
                 ]
             )

@@ -15,6 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from common import cpu_name, write_results
 
@@ -39,11 +40,12 @@ def measure(precision: str, paths: list[Path], config: dict, batch: int) -> dict
         return sum(bool(text) for _, masks in found for text in rle.encode_many(masks))
 
     views = [[predictor.read(p) for p in paths[i : i + batch]] for i in range(0, len(paths), batch)]
+    wanted = np.array(thresholds.enabled)
     passed = [
         [
             v
-            for v, p in zip(group, predictor.defect_prob(group), strict=True)
-            if p >= thresholds.gate
+            for v, p in zip(group, predictor.class_prob(group), strict=True)
+            if (wanted & (p >= np.array(thresholds.gate))).any()
         ]
         for group in views
     ]

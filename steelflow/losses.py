@@ -19,12 +19,17 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return 1 - (2 * inter + eps) / (total + eps)
 
 
-def pixel_loss(logits: torch.Tensor, target: torch.Tensor, focal_gamma: float) -> torch.Tensor:
-    """Mean BCE of each class, shape (C,); with ``focal_gamma`` > 0 the focal loss
-    (each pixel's BCE times (1 - p_true) ** gamma, so easy background counts little)."""
+def pixel_loss(
+    logits: torch.Tensor, target: torch.Tensor, focal_gamma: float, pos_weight: list[float]
+) -> torch.Tensor:
+    """Mean BCE of each class, shape (C,), its defect pixels weighted by ``pos_weight``
+    (one per class); with ``focal_gamma`` > 0 the focal loss (each pixel's BCE times
+    (1 - p_true) ** gamma, so easy background counts little)."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     if focal_gamma:
         bce = bce * (1 - torch.exp(-bce)) ** focal_gamma  # exp(-bce) = p of the true label
+    weight = torch.tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+    bce = bce * (1 + (weight.view(-1, *[1] * (logits.dim() - 2)) - 1) * target)
     return bce.mean(dim=(0, *range(2, logits.dim())))
 
 
@@ -32,7 +37,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: dict) -> 
     """Per class ``bce_weight`` * pixel loss + (1 - ``bce_weight``) * soft Dice (``loss:
     bce_dice``; ``bce`` keeps the pixel loss alone), averaged with ``class_weights``; fp32."""
     logits = logits.float()
-    per_class = pixel_loss(logits, target, cfg["focal_gamma"])
+    per_class = pixel_loss(logits, target, cfg["focal_gamma"], cfg["pos_weight"])
     if cfg["loss"] == "bce_dice":
         dice = soft_dice_loss(logits, target)
         per_class = cfg["bce_weight"] * per_class + (1 - cfg["bce_weight"]) * dice

@@ -40,6 +40,7 @@ ENCODERS = (
     "convnext_tiny",
 )
 DOWNLOAD_TIMEOUT_S = 30
+BATCH_NORM_MOMENTUM = 0.1  # PyTorch's default
 
 
 class WeightsError(ValueError):
@@ -93,8 +94,17 @@ def _one_channel(net: nn.Module) -> None:
 def backbone(
     arch: str, pretrained: str, weights_path: str | None, fallback_random: bool
 ) -> nn.Module:
-    """A torchvision classification network with a one-channel input, random or ImageNet."""
+    """A torchvision classification network with a one-channel input, random or ImageNet.
+
+    Batch norm statistics follow the batches at momentum 0.1 in every family:
+    MobileNetV3 ships 0.01 (for long ImageNet runs), which leaves the statistics
+    of a run of a few hundred steps near their start, and the network predicts a
+    constant in evaluation.
+    """
     net = models.get_model(arch, weights=None)
+    for layer in net.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.momentum = BATCH_NORM_MOMENTUM
     if pretrained == "imagenet":
         try:
             net.load_state_dict(_imagenet_state(arch, weights_path))

@@ -53,12 +53,12 @@ def load_network(path: Path, task: str, device: torch.device):
 
 @dataclass
 class Thresholds:
-    """Post-processing per class (index 0 = class 1), the clean/defect gate and the
-    non-overlap rule."""
+    """The non-overlap rule, and per class (index 0 = class 1) the post-processing and
+    the classifier gate: below it, the class is called absent."""
 
-    gate: float
     non_overlap: bool
     enabled: list[bool]
+    gate: list[float]
     pixel: list[float]
     min_area: list[int]
     min_component: list[int]
@@ -73,9 +73,9 @@ class Thresholds:
             data = json.loads(path.read_text())
             classes = [data["classes"][str(c)] for c in CLASSES]
             return cls(
-                float(data["classifier_gate"]),
                 bool(data["non_overlap"]),
                 [bool(c["enabled"]) for c in classes],
+                [float(c["gate"]) for c in classes],
                 [float(c["threshold"]) for c in classes],
                 [int(c["min_area"]) for c in classes],
                 [int(c["min_component_area"]) for c in classes],
@@ -83,8 +83,8 @@ class Thresholds:
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(
                 f"{path}: not thresholds from steelflow tune (expected JSON with "
-                f"classifier_gate, non_overlap and classes 1-{C}, each with enabled, threshold, "
-                f"min_area, min_component_area; "
+                f"non_overlap and classes 1-{C}, each with enabled, gate, threshold, min_area, "
+                f"min_component_area; "
                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
             ) from None
 
@@ -112,23 +112,25 @@ def drop_small_components(mask: np.ndarray, minimum: int) -> np.ndarray:
     return keep[labels].view(np.uint8)
 
 
-def postprocess(prob: torch.Tensor, th: Thresholds) -> np.ndarray:
-    """(N, C, H, W) probabilities of images past the gate to (N, C, H, W) uint8 masks.
+def postprocess(prob: torch.Tensor, th: Thresholds, gated: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) probabilities to (N, C, H, W) uint8 masks; ``gated`` (N, C) says
+    which classes of each image passed the classifier's gate.
 
     Optionally only the most probable class per pixel; then per class: pixels above
-    its threshold, without components below its minimum, kept if the class is on
-    and the mask has at least its minimum area.
+    its threshold, without components below its minimum, kept if the class is on,
+    passed its gate and the mask has at least its minimum area.
     """
     if th.non_overlap:
         prob = exclusive(prob)
     above = (prob > torch.tensor(th.pixel, dtype=prob.dtype).view(1, C, 1, 1)).numpy()
     masks = above.view(np.uint8)
+    wanted = gated & np.array(th.enabled)
     for k, minimum in enumerate(th.min_component):
-        if minimum and th.enabled[k]:  # a class switched off is emptied below anyway
-            for mask in masks[:, k]:
-                mask[:] = drop_small_components(mask, minimum)
+        if minimum:  # only where the class is kept: it is emptied below anyway
+            for i in np.flatnonzero(wanted[:, k]):
+                masks[i, k] = drop_small_components(masks[i, k], minimum)
     area = masks.reshape(*masks.shape[:2], -1).sum(-1, dtype=np.int64)
-    keep = np.array(th.enabled) & (area >= np.array(th.min_area))
+    keep = wanted & (area >= np.array(th.min_area))
     return masks * keep[:, :, None, None].astype(np.uint8)
 
 
@@ -207,10 +209,12 @@ class Predictor:
         return total / (len(models) * len(self.flips))
 
     @torch.no_grad()
-    def defect_prob(self, views: list[Views]) -> np.ndarray:
-        """Classifier probability that each image has any defect, shape (N,)."""
+    def class_prob(self, views: list[Views]) -> np.ndarray:
+        """Classifier probability that each image has each class, shape (N, C): a binary
+        head's one 'any defect' probability stands for every class."""
         x = self.prepare([v[self.classifier_cfg["scale"]] for v in views])
-        return self.average(self.classifiers, x, dense=False).amax(dim=1).cpu().numpy()
+        prob = self.average(self.classifiers, x, dense=False)
+        return prob.expand(-1, C).cpu().numpy() if prob.shape[1] == 1 else prob.cpu().numpy()
 
     @torch.no_grad()
     def mask_prob(self, views: list[Views]) -> torch.Tensor:
@@ -222,12 +226,13 @@ class Predictor:
         return prob.cpu()
 
     def masks(self, views: list[Views], th: Thresholds) -> list[np.ndarray]:
-        """Post-processed (C, H, W) masks; the U-Net runs only on images past the gate."""
-        defect = self.defect_prob(views)
-        passed = [i for i, p in enumerate(defect) if p >= th.gate]
+        """Post-processed (C, H, W) masks; the U-Net runs only on images with a class
+        that is on and past its gate."""
+        gated = self.class_prob(views) >= np.array(th.gate)
+        passed = np.flatnonzero((gated & np.array(th.enabled)).any(axis=1))
         masks = [np.zeros((C, H, W), np.uint8) for _ in views]
-        if passed:
-            found = postprocess(self.mask_prob([views[i] for i in passed]), th)
+        if len(passed):
+            found = postprocess(self.mask_prob([views[i] for i in passed]), th, gated[passed])
             for i, mask in zip(passed, found, strict=True):
                 masks[i] = mask
         return masks

@@ -2,10 +2,10 @@
 
 Each trained fold's models predict that fold's validation images, so every
 image is predicted by models that never trained on it. The pass records, per
-image, the classifier's defect probability and, per non-overlap option, class,
-pixel threshold and minimum component area, the predicted area and its overlap
-with the truth. Every combination of those, minimum area and classifier gate
-is then scored from these numbers alone, never by running the networks again.
+image, the classifier's probability of each class and, per non-overlap option,
+class, pixel threshold and minimum component area, the predicted area and its
+overlap with the truth. Every combination of those, minimum area and classifier
+gate is then scored from these numbers alone, never by running the networks again.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Evidence:
     T pixel thresholds, K minimum component areas."""
 
     image_ids: np.ndarray  # (N,)
-    defect_prob: np.ndarray  # (N,)
+    class_prob: np.ndarray  # (N, C) the classifier's
     area: np.ndarray  # (N, O, C, T, K) predicted pixels above each threshold
     overlap: np.ndarray  # (N, O, C, T, K) of those, pixels in the true mask
     truth: np.ndarray  # (N, C) true mask areas
@@ -56,7 +56,7 @@ def gather(
     for start in tqdm(range(0, len(image_ids), step), desc="validation pass", unit="batch"):
         ids = image_ids[start : start + step]
         views = [predictor.read(images_dir / i) for i in ids]
-        probs.append(predictor.defect_prob(views))
+        probs.append(predictor.class_prob(views))
         truth = torch.from_numpy(np.stack([cache[i] for i in ids])).bool()  # (n, C, H, W)
         prob = predictor.mask_prob(views)
         counted = [
@@ -100,7 +100,8 @@ def areas_above(prob: torch.Tensor, truth: torch.Tensor, grid: torch.Tensor, min
     Shapes: prob, truth (n, C, H, W); returns two (n, C, T, K) arrays. Without
     components to drop, one pass gives every threshold: each pixel is binned by
     how many thresholds it exceeds, and the counts per bin, summed from the top,
-    give the area above each. Components are counted where a mask is not empty.
+    give the area above each. Components are counted where a mask is not empty,
+    inside the box that holds the mask at the lowest threshold.
     """
     n, classes, bins = prob.shape[0], prob.shape[1], len(grid) + 1
     ascending, order = torch.sort(grid)
@@ -116,14 +117,22 @@ def areas_above(prob: torch.Tensor, truth: torch.Tensor, grid: torch.Tensor, min
     area, overlap = (np.repeat(w[..., None], len(minimums), axis=-1) for w in whole)
     if not np.any(minimums):
         return area, overlap
-    truth = truth.numpy()
-    for i, k, t in zip(*np.nonzero(whole[0]), strict=True):
-        labels, sizes = components((prob[i, k] > grid[t]).numpy().view(np.uint8))
-        kept = sizes[None, 1:] >= minimums[:, None]  # (K, components)
-        area[i, k, t] = kept @ sizes[1:]
-        if whole[1][i, k, t]:  # some predicted pixels are true: which components hold them
-            overlap[i, k, t] = kept @ np.bincount(labels[truth[i, k]], minlength=len(sizes))[1:]
+    for i, k in zip(*np.nonzero(whole[0].any(axis=-1)), strict=True):
+        box = bounding_box((prob[i, k] > ascending[0]).numpy())
+        inside, true = prob[i, k][box], truth[i, k][box].numpy()
+        for t in np.flatnonzero(whole[0][i, k]):
+            labels, sizes = components((inside > grid[t]).numpy().view(np.uint8))
+            kept = sizes[None, 1:] >= minimums[:, None]  # (K, components)
+            area[i, k, t] = kept @ sizes[1:]
+            if whole[1][i, k, t]:  # some predicted pixels are true: which components hold them
+                overlap[i, k, t] = kept @ np.bincount(labels[true], minlength=len(sizes))[1:]
     return area, overlap
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
+    """The smallest (rows, columns) slices that hold every true pixel of a non-empty mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def class_dice(ev: Evidence, o: int, k: int, gates, min_areas) -> np.ndarray:
@@ -134,48 +143,45 @@ def class_dice(ev: Evidence, o: int, k: int, gates, min_areas) -> np.ndarray:
     kept = dice(overlap, area, truth)[:, None, :, None, :]  # (N, 1, T, 1, K)
     dropped = dice(0, 0, truth)[:, None, :, None]  # (N, 1, 1, 1, 1): the mask emptied
     gate = np.asarray(gates)[None, :, None, None, None]
-    on = ev.defect_prob[:, None, None, None, None] >= gate  # (N, G, 1, 1, 1)
+    on = ev.class_prob[:, k, None, None, None, None] >= gate  # (N, G, 1, 1, 1)
     big = area[:, None, :, None, :] >= np.asarray(min_areas)[None, None, None, :, None]
     return np.where(on & big, kept, dropped).mean(axis=0)
 
 
 def search(ev: Evidence, cfg: dict) -> dict:
-    """Choose the gate, the non-overlap rule and, per class, threshold, minimum area and
+    """Choose the non-overlap rule and, per class, gate, threshold, minimum area and
     minimum component area; switch weak classes off.
 
     A class stays on only with at least ``min_support`` validation images that
     have it and a gain of at least ``min_gain`` Dice over predicting it empty.
     Among settings within ``tie_tolerance`` of the best, the simplest wins: the
-    non-overlap option listed first, the lowest gate, then the smallest minimum
-    area, the smallest minimum component area, the threshold nearest 0.5.
+    non-overlap option listed first, then per class the lowest gate, the smallest
+    minimum area, the smallest minimum component area, the threshold nearest 0.5.
     """
     gates, pixels = cfg["gates"], cfg["pixel_thresholds"]
     areas, pieces = cfg["min_areas"], cfg["min_component_areas"]
-    n = len(ev.defect_prob)
+    n = len(ev.class_prob)
     empty = (ev.truth == 0).mean(axis=0)  # (C,) Dice of predicting the class empty
     support = (ev.truth > 0).sum(axis=0)
-    rank = np.arange(len(areas))[:, None] * len(pieces) + np.arange(len(pieces))[None, :]
-    simplicity = np.abs(np.asarray(pixels) - 0.5)[:, None, None] * 1e-3 + rank[None]  # (T,A,K)
+    rank = np.arange(len(gates) * len(areas) * len(pieces)).reshape(len(gates), 1, len(areas), -1)
+    simplicity = np.abs(np.asarray(pixels) - 0.5)[:, None, None] * 1e-3 + rank  # (G, T, A, K)
 
-    def best_setting(table: np.ndarray) -> tuple[tuple[int, int, int], float]:
+    def best_setting(table: np.ndarray) -> tuple[tuple[int, int, int, int], float]:
         near = table >= table.max() - cfg["tie_tolerance"]
         best = np.unravel_index(np.where(near, simplicity, np.inf).argmin(), table.shape)
         return tuple(int(i) for i in best), float(table[best])
 
     plans = []
     for o in range(len(cfg["non_overlap"])):
-        tables = [class_dice(ev, o, k, gates, areas) for k in range(len(CLASSES))]
-        for g in range(len(gates)):
-            chosen = []
-            for k in range(len(CLASSES)):
-                setting, dice = best_setting(tables[k][g])
-                on = bool(support[k] >= cfg["min_support"] and dice - empty[k] >= cfg["min_gain"])
-                chosen.append((setting, dice if on else float(empty[k]), on))
-            plans.append((float(np.mean([c[1] for c in chosen])), o, g, chosen))
+        chosen = []
+        for k in range(len(CLASSES)):
+            setting, dice = best_setting(class_dice(ev, o, k, gates, areas))
+            on = bool(support[k] >= cfg["min_support"] and dice - empty[k] >= cfg["min_gain"])
+            chosen.append((setting, dice if on else float(empty[k]), on))
+        plans.append((float(np.mean([c[1] for c in chosen])), o, chosen))
     top = max(p[0] for p in plans)
-    score, o, g, chosen = next(p for p in plans if p[0] >= top - cfg["tie_tolerance"])
+    score, o, chosen = next(p for p in plans if p[0] >= top - cfg["tie_tolerance"])
     return {
-        "classifier_gate": float(gates[g]),
         "non_overlap": bool(cfg["non_overlap"][o]),
         "val_images": n,
         "val_dice": score,
@@ -183,6 +189,7 @@ def search(ev: Evidence, cfg: dict) -> dict:
         "classes": {
             str(k + 1): {
                 "enabled": on,
+                "gate": float(gates[g]),
                 "threshold": float(pixels[t]),
                 "min_area": int(areas[a]),
                 "min_component_area": int(pieces[c]),
@@ -190,22 +197,22 @@ def search(ev: Evidence, cfg: dict) -> dict:
                 "val_dice_empty": float(empty[k]),
                 "support": int(support[k]),
             }
-            for k, ((t, a, c), dice, on) in enumerate(chosen)
+            for k, ((g, t, a, c), dice, on) in enumerate(chosen)
         },
     }
 
 
 def plot_search(ev: Evidence, cfg: dict, result: dict, path: Path) -> None:
     """Per class: validation Dice against pixel threshold, one line per minimum area
-    (at the chosen gate, non-overlap rule and minimum component area)."""
-    gate = [result["classifier_gate"]]
+    (at the chosen non-overlap rule, and the class's chosen gate and minimum component
+    area)."""
     o = cfg["non_overlap"].index(result["non_overlap"])
     fig, axes = plt.subplots(1, len(CLASSES), figsize=(17, 3.8), sharey=False)
     shown = sorted({0, *cfg["min_areas"][:: max(1, len(cfg["min_areas"]) // 4)]})
     for ax, cls in zip(axes, CLASSES, strict=True):
         k, chosen = cls - 1, result["classes"][str(cls)]
         c = cfg["min_component_areas"].index(chosen["min_component_area"])
-        table = class_dice(ev, o, k, gate, cfg["min_areas"])[0, :, :, c]  # (T, A)
+        table = class_dice(ev, o, k, [chosen["gate"]], cfg["min_areas"])[0, :, :, c]  # (T, A)
         for a, area in enumerate(cfg["min_areas"]):
             if area in shown or area == chosen["min_area"]:
                 style = "-" if area == chosen["min_area"] else ":"
@@ -215,12 +222,12 @@ def plot_search(ev: Evidence, cfg: dict, result: dict, path: Path) -> None:
             ax.plot(chosen["threshold"], chosen["val_dice"], "o", color="black")
         state = "on" if chosen["enabled"] else "off"
         ax.set_title(
-            f"class {cls}: {state}, {chosen['support']} val images with it",
+            f"class {cls}: {state}, gate {chosen['gate']:.2f}, {chosen['support']} val images",
             color=class_colour(cls),
             fontsize=10,
         )
         ax.set_xlabel("pixel threshold")
         ax.legend(fontsize=7)
     rule = ", non-overlap" if result["non_overlap"] else ""
-    axes[0].set_ylabel(f"out-of-fold Dice (gate {gate[0]:.2f}{rule})")
+    axes[0].set_ylabel(f"out-of-fold Dice{rule}")
     save(fig, path)

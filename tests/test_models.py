@@ -85,3 +85,16 @@ def test_the_head_prior_sets_where_every_pixel_starts(decoder):
     assert 0.001 < out.median() < 0.05
     even = build_unet({**CONFIG["unet"], "decoder": decoder, "head_prior": 0.5})  # bias 0
     assert 0.2 < torch.sigmoid(even.eval()(torch.randn(2, 1, 64, 192))).median() < 0.8
+
+
+def test_batch_norm_statistics_follow_a_short_run_in_every_family():
+    """MobileNetV3 ships momentum 0.01: after 20 training batches its running means
+    would hold under a fifth of the data's; at 0.1 they hold most of it."""
+    net = backbone("mobilenet_v3_large", "none", None, False).train()
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert first.momentum == 0.1
+    with torch.no_grad():
+        for _ in range(20):
+            net(torch.full((2, 1, 64, 64), 3.0))
+    batch_mean = net.features[0][0](torch.full((1, 1, 64, 64), 3.0)).mean(dim=(0, 2, 3))
+    assert torch.allclose(first.running_mean, batch_mean, rtol=0.15, atol=1e-3)

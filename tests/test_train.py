@@ -267,3 +267,18 @@ def test_cuda_mixed_precision_trains_and_resumes(data, tmp_path, monkeypatch, ne
     assert history.epoch.tolist() == [1, 2] and np.isfinite(history.train_loss).all()
     state = torch.load(tmp_path / f"{network}.pt", weights_only=True, map_location="cpu")
     assert state["config"]["epochs"] == 2 and state["model"]
+
+
+def test_pos_weight_counts_each_class_defect_pixels_as_torch_does():
+    from steelflow.losses import pixel_loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 8, 12, generator=gen)
+    target = (torch.rand(2, 4, 8, 12, generator=gen) > 0.8).float()
+    weights = [10.0, 4.0, 1.0, 1.0]
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, target, reduction="none", pos_weight=torch.tensor(weights).view(4, 1, 1)
+    ).mean(dim=(0, 2, 3))
+    assert torch.allclose(pixel_loss(logits, target, 0, weights), expected, atol=1e-6)
+    plain = pixel_loss(logits, target, 0, [1.0] * 4)
+    assert torch.allclose(plain[2:], expected[2:]) and (plain[:2] < expected[:2]).all()

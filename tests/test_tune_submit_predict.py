@@ -29,12 +29,13 @@ TUNE = load(TEST_CONFIG)["tune"]
 def test_tune_writes_settings_for_every_class_and_a_figure(project):
     result = json.loads((project / "thresholds.json").read_text())
     assert set(result["classes"]) == {"1", "2", "3", "4"}
-    assert 0 <= result["classifier_gate"] <= 1 and result["folds"] == [0, 1]
+    assert result["folds"] == [0, 1]
     assert result["val_images"] == 8  # folds 0 and 1 of 20 images in 5 folds
     assert result["non_overlap"] in TUNE["non_overlap"]
     for setting in result["classes"].values():
         assert (
-            setting["threshold"] in TUNE["pixel_thresholds"]
+            setting["gate"] in TUNE["gates"]
+            and setting["threshold"] in TUNE["pixel_thresholds"]
             and setting["min_area"] in TUNE["min_areas"]
             and setting["min_component_area"] in TUNE["min_component_areas"]
         )
@@ -64,16 +65,16 @@ def evidence(n=60, seed=0) -> Evidence:
         overlap[: n // 2, 2, t] = min(size, 5000)
     area[n // 2 :, 2, :] = 300  # small false positives on clean images
     area[:, 0, :] = rng.integers(0, 2000, (n, len(grid)))  # class 1: noise
-    defect_prob = np.where(truth.any(axis=1), 0.9, 0.2)
+    class_prob = np.repeat(np.where(truth.any(axis=1), 0.9, 0.2)[:, None], 4, axis=1)  # binary
     ids = np.array([f"{i}.jpg" for i in range(n)])
-    return Evidence(ids, defect_prob, area[:, None, ..., None], overlap[:, None, ..., None], truth)
+    return Evidence(ids, class_prob, area[:, None, ..., None], overlap[:, None, ..., None], truth)
 
 
 def with_option(ev: Evidence, axis: int, area: np.ndarray, overlap: np.ndarray) -> Evidence:
     """``ev`` with a second non-overlap option (axis 1) or component minimum (axis -1)."""
     return Evidence(
         ev.image_ids,
-        ev.defect_prob,
+        ev.class_prob,
         np.concatenate([ev.area, area], axis=axis),
         np.concatenate([ev.overlap, overlap], axis=axis),
         ev.truth,
@@ -86,9 +87,9 @@ def test_class_dice_matches_a_direct_computation():
     table = class_dice(ev, 0, 2, gates, areas)
     for g, a, t in [(0, 0, 6), (3, 4, 2), (9, 10, 12), (1, 2, 0)]:
         scores = []
-        for i in range(len(ev.defect_prob)):
+        for i in range(len(ev.class_prob)):
             pred, hit = ev.area[i, 0, 2, t, 0], ev.overlap[i, 0, 2, t, 0]
-            kept = ev.defect_prob[i] >= gates[g] and pred >= areas[a]
+            kept = ev.class_prob[i, 2] >= gates[g] and pred >= areas[a]
             p, o, x = (pred, hit, ev.truth[i, 2]) if kept else (0, 0, ev.truth[i, 2])
             scores.append(1.0 if p + x == 0 else 2 * o / (p + x))
         assert table[g, t, a, 0] == pytest.approx(np.mean(scores))
@@ -102,9 +103,25 @@ def test_search_switches_on_what_works_and_off_what_does_not():
     assert not one["enabled"] and one["support"] == 3 and one["val_dice"] == one["val_dice_empty"]
     assert not result["classes"]["2"]["enabled"]
     # the false positives (300 px on clean images) are removed by the gate or a minimum area
-    assert result["classifier_gate"] > 0.2 or three["min_area"] > 300
+    assert three["gate"] > 0.2 or three["min_area"] > 300
     assert result["val_dice"] > result["val_dice_empty"]
     assert not result["non_overlap"] and three["min_component_area"] == 0
+
+
+def test_each_class_gets_its_own_gate():
+    """A multilabel classifier: class 4's false positives sit on class 3 images, where
+    class 4's probability is low; class 3 needs no gate."""
+    ev = evidence()
+    has3 = ev.truth[:, 2] > 0
+    ev.truth[:10, 3] = 3000  # ten class 3 images also have class 4, found exactly
+    ev.area[:10, 0, 3], ev.overlap[:10, 0, 3] = 3000, 3000
+    ev.area[10 : len(has3) // 2, 0, 3] = 3000  # false class 4 masks on the other class 3 images
+    ev.class_prob[:, 3] = np.where(ev.truth[:, 3] > 0, 0.8, 0.1)
+    ev.area[~has3, 0, 2] = 0  # class 3: no false positives, nothing to gate
+    result = search(ev, PLAIN)
+    three, four = result["classes"]["3"], result["classes"]["4"]
+    assert three["gate"] == 0.0 and four["enabled"] and 0.1 < four["gate"] <= 0.8
+    assert four["val_dice"] == pytest.approx(1.0)
 
 
 def test_ties_go_to_the_simplest_setting():
@@ -114,7 +131,7 @@ def test_ties_go_to_the_simplest_setting():
     ev.area[ev.truth[:, 2] == 0, :, 2] = 0  # and no false positives: no gate, no area needed
     three = search(ev, PLAIN)["classes"]["3"]
     assert (three["threshold"], three["min_area"]) == (0.5, 0)
-    assert search(ev, PLAIN)["classifier_gate"] == 0.0
+    assert three["gate"] == 0.0
     # a second non-overlap option or component minimum that changes nothing is not taken
     same = with_option(ev, 1, ev.area, ev.overlap)
     assert not search(same, {**PLAIN, "non_overlap": [False, True]})["non_overlap"]
@@ -127,7 +144,7 @@ def test_non_overlap_and_small_components_are_chosen_when_they_help():
     ev = evidence()
     noisy = ev.truth[:, 2] > 0  # 400 px of another class's pixels or of specks in each class 3 mask
     ev.area[noisy, 0, 2] += 400
-    ev.defect_prob[:] = 0.9  # no gate or mask-level minimum area can remove them
+    ev.class_prob[:] = 0.9  # no gate or mask-level minimum area can remove them
     clean_area, clean_overlap = ev.area.copy(), ev.overlap.copy()
     clean_area[noisy, 0, 2] -= 400
     tried = search(
@@ -290,16 +307,21 @@ def test_postprocess_keeps_the_most_probable_class_and_drops_small_components():
     prob[0, 0, 10:20, 10:20] = 0.9  # class 1: a 100 px square ...
     prob[0, 0, 100, 100] = 0.9  # ... and a speck
     prob[0, 2, 10:20, 15:30] = 0.7  # class 3 overlaps class 1 where class 1 is more probable
-    th = Thresholds(0.5, False, [True] * 4, [0.5] * 4, [0] * 4, [0] * 4)
-    plain = postprocess(prob, th)[0]
+    th = Thresholds(False, [True] * 4, [0.5] * 4, [0.5] * 4, [0] * 4, [0] * 4)
+    gated = np.ones((1, 4), bool)
+    plain = postprocess(prob, th, gated)[0]
     assert plain[0].sum() == 101 and plain[2].sum() == 150
-    exclusive = postprocess(prob, replace(th, non_overlap=True))[0]
+    exclusive = postprocess(prob, replace(th, non_overlap=True), gated)[0]
     assert exclusive[0].sum() == 101 and exclusive[2].sum() == 150 - 50
     assert not (exclusive[0] & exclusive[2]).any()
-    despeckled = postprocess(prob, replace(th, min_component=[2, 0, 0, 0]))[0]
+    despeckled = postprocess(prob, replace(th, min_component=[2, 0, 0, 0]), gated)[0]
     assert despeckled[0].sum() == 100 and despeckled[0, 100, 100] == 0
-    gone = postprocess(prob, replace(th, min_component=[2, 0, 0, 0], min_area=[101, 0, 0, 0]))
+    gone = postprocess(
+        prob, replace(th, min_component=[2, 0, 0, 0], min_area=[101, 0, 0, 0]), gated
+    )
     assert gone[0, 0].sum() == 0  # the minimum area counts what the components left
+    below_gate = postprocess(prob, th, np.array([[False, True, True, True]]))[0]
+    assert below_gate[0].sum() == 0 and below_gate[2].sum() == 150
 
 
 def trained_pair(project: Path, fold: int) -> tuple[list[Path], list[Path]]:
@@ -318,13 +340,13 @@ def test_an_ensemble_averages_its_models(project):
     one, other = Predictor(classifier_0, unet_0, train), Predictor(classifier_1, unet_1, train)
     twice = Predictor(classifier_0 * 2, unet_0 * 2, train)
     assert torch.equal(twice.mask_prob(views), one.mask_prob(views))  # nothing changes
-    assert np.array_equal(twice.defect_prob(views), one.defect_prob(views))
+    assert np.array_equal(twice.class_prob(views), one.class_prob(views))
     both = Predictor(classifier_0 + classifier_1, unet_0 + unet_1, train)
     mean = (one.mask_prob(views) + other.mask_prob(views)) / 2
     assert not torch.allclose(one.mask_prob(views), other.mask_prob(views))
     assert torch.allclose(both.mask_prob(views), mean, atol=1e-6)
-    mean = (one.defect_prob(views) + other.defect_prob(views)) / 2
-    assert np.allclose(both.defect_prob(views), mean, atol=1e-6)
+    mean = (one.class_prob(views) + other.class_prob(views)) / 2
+    assert np.allclose(both.class_prob(views), mean, atol=1e-6)
 
 
 @pytest.mark.parametrize("tta", ["hflip", "hflip+vflip"])
@@ -337,7 +359,7 @@ def test_flip_tta_gives_a_mirrored_image_the_mirrored_masks(project, tta):
     mirrored = predictor.mask_prob([predictor.views_of(gray[:, ::-1].copy())])
     assert torch.allclose(mirrored, prob.flip(-1), atol=1e-5)
     symmetric = np.concatenate([gray[:, :800], gray[:, :800][:, ::-1]], axis=1)
-    th = Thresholds(0.0, False, [True] * 4, [0.3] * 4, [0] * 4, [0] * 4)
+    th = Thresholds(False, [True] * 4, [0.0] * 4, [0.3] * 4, [0] * 4, [0] * 4)
     masks = predictor.masks([predictor.views_of(symmetric)], th)[0]
     assert np.array_equal(masks, masks[:, :, ::-1])  # an hflip-symmetric image: the same mask
     if tta == "hflip+vflip":
@@ -391,7 +413,7 @@ def test_a_bad_submission_stops_score_with_one_line_naming_it(project, tmp_path,
     good = tmp_path / "good.csv"
     shutil.copy(project / "raw/sample_submission.csv", good)
     files = bad_files(tmp_path / "bad", good)
-    files["foreign"].write_text('{"classifier_gate": 0.5}\n')  # thresholds JSON, not a CSV
+    files["foreign"].write_text('{"non_overlap": false}\n')  # thresholds JSON, not a CSV
     files["binary"] = tmp_path / "bad/binary.csv"
     files["binary"].write_bytes((project / "classifier_f0.pt").read_bytes()[:4000])
     bad = files[kind]
@@ -442,6 +464,6 @@ def test_out_of_fold_evidence_holds_each_validation_image_once_by_its_own_models
     assert sorted(ev.image_ids) == sorted(split.ImageId[split.fold.isin([0, 1])])
     assert len(set(ev.image_ids)) == len(ev.image_ids)  # each once
     fold_of = dict(zip(split.ImageId, split.fold, strict=True))
-    for image, prob in zip(ev.image_ids, ev.defect_prob, strict=True):
-        own = predictors[fold_of[image]].defect_prob([predictors[0].read(images / image)])
+    for image, prob in zip(ev.image_ids, ev.class_prob, strict=True):
+        own = predictors[fold_of[image]].class_prob([predictors[0].read(images / image)])
         assert prob == pytest.approx(own[0], abs=1e-6)

@@ -123,6 +123,7 @@ VARIANTS = {
     "clf_regnet_fp32": {"classifier.arch": "regnet_y_400mf", "train.precision": "fp32"},
     "seed1_pos_weight": {"seed": 1, "unet.pos_weight": [10, 10, 1, 1]},
     "seed1_focal": {"seed": 1, "unet.focal_gamma": 2},
+    "width16_fp32": {"unet.decoder_width": 16, "train.precision": "fp32"},
 }
 
 

@@ -15,7 +15,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from common import cpu_name, write_results
 
@@ -40,12 +39,11 @@ def measure(precision: str, paths: list[Path], config: dict, batch: int) -> dict
         return sum(bool(text) for _, masks in found for text in rle.encode_many(masks))
 
     views = [[predictor.read(p) for p in paths[i : i + batch]] for i in range(0, len(paths), batch)]
-    wanted = np.array(thresholds.enabled)
     passed = [
         [
             v
-            for v, p in zip(group, predictor.class_prob(group), strict=True)
-            if (wanted & (p >= np.array(thresholds.gate))).any()
+            for v, kept in zip(group, thresholds.gated(predictor.class_prob(group)), strict=True)
+            if kept.any()
         ]
         for group in views
     ]

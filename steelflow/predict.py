@@ -88,6 +88,10 @@ class Thresholds:
                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
             ) from None
 
+    def gated(self, class_prob: np.ndarray) -> np.ndarray:
+        """(N, C): whether each class of each image is on and past its classifier gate."""
+        return (class_prob >= np.array(self.gate)) & np.array(self.enabled)
+
 
 def exclusive(prob: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) probabilities with every class but the most probable zeroed at each
@@ -114,23 +118,22 @@ def drop_small_components(mask: np.ndarray, minimum: int) -> np.ndarray:
 
 def postprocess(prob: torch.Tensor, th: Thresholds, gated: np.ndarray) -> np.ndarray:
     """(N, C, H, W) probabilities to (N, C, H, W) uint8 masks; ``gated`` (N, C) says
-    which classes of each image passed the classifier's gate.
+    which classes of each image are on and past their gate (``Thresholds.gated``).
 
     Optionally only the most probable class per pixel; then per class: pixels above
-    its threshold, without components below its minimum, kept if the class is on,
-    passed its gate and the mask has at least its minimum area.
+    its threshold, without components below its minimum, kept if gated and the
+    mask has at least its minimum area.
     """
     if th.non_overlap:
         prob = exclusive(prob)
     above = (prob > torch.tensor(th.pixel, dtype=prob.dtype).view(1, C, 1, 1)).numpy()
     masks = above.view(np.uint8)
-    wanted = gated & np.array(th.enabled)
     for k, minimum in enumerate(th.min_component):
         if minimum:  # only where the class is kept: it is emptied below anyway
-            for i in np.flatnonzero(wanted[:, k]):
+            for i in np.flatnonzero(gated[:, k]):
                 masks[i, k] = drop_small_components(masks[i, k], minimum)
     area = masks.reshape(*masks.shape[:2], -1).sum(-1, dtype=np.int64)
-    keep = wanted & (area >= np.array(th.min_area))
+    keep = gated & (area >= np.array(th.min_area))
     return masks * keep[:, :, None, None].astype(np.uint8)
 
 
@@ -213,8 +216,7 @@ class Predictor:
         """Classifier probability that each image has each class, shape (N, C): a binary
         head's one 'any defect' probability stands for every class."""
         x = self.prepare([v[self.classifier_cfg["scale"]] for v in views])
-        prob = self.average(self.classifiers, x, dense=False)
-        return prob.expand(-1, C).cpu().numpy() if prob.shape[1] == 1 else prob.cpu().numpy()
+        return self.average(self.classifiers, x, dense=False).expand(-1, C).cpu().numpy()
 
     @torch.no_grad()
     def mask_prob(self, views: list[Views]) -> torch.Tensor:
@@ -228,8 +230,8 @@ class Predictor:
     def masks(self, views: list[Views], th: Thresholds) -> list[np.ndarray]:
         """Post-processed (C, H, W) masks; the U-Net runs only on images with a class
         that is on and past its gate."""
-        gated = self.class_prob(views) >= np.array(th.gate)
-        passed = np.flatnonzero((gated & np.array(th.enabled)).any(axis=1))
+        gated = th.gated(self.class_prob(views))
+        passed = np.flatnonzero(gated.any(axis=1))
         masks = [np.zeros((C, H, W), np.uint8) for _ in views]
         if len(passed):
             found = postprocess(self.mask_prob([views[i] for i in passed]), th, gated[passed])

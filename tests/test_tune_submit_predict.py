@@ -322,6 +322,8 @@ def test_postprocess_keeps_the_most_probable_class_and_drops_small_components():
     assert gone[0, 0].sum() == 0  # the minimum area counts what the components left
     below_gate = postprocess(prob, th, np.array([[False, True, True, True]]))[0]
     assert below_gate[0].sum() == 0 and below_gate[2].sum() == 150
+    off = replace(th, enabled=[True, True, True, False])
+    assert off.gated(np.array([[0.4, 0.5, 0.9, 0.9]])).tolist() == [[False, True, True, False]]
 
 
 def trained_pair(project: Path, fold: int) -> tuple[list[Path], list[Path]]:

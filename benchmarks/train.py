@@ -32,10 +32,11 @@ from steelflow.tasks import TASKS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_data(folder: Path, seed: int) -> None:
+def make_data(folder: Path, seed: int, n_train: int = 240, n_test: int = 1, workers: int = 2):
+    """A synthetic data set in ``folder``: raw/ in the Kaggle layout, masks/ and split.csv."""
     (folder / "raw").mkdir()
     synthetic.generate(
-        folder / "raw", 240, 1, seed=seed, preset="clear", jpeg_quality=95, workers=2
+        folder / "raw", n_train, n_test, seed=seed, preset="clear", jpeg_quality=95, workers=workers
     )
     build(folder / "raw/train.csv", folder / "raw/train_images", folder / "masks")
     folds = assign_folds(MaskCache(folder / "masks").classes(), 5, seed)
@@ -50,49 +51,53 @@ def images_per_s(step, batches: int, batch_size: int) -> float:
     return batches * batch_size / (time.perf_counter() - start)
 
 
+def endless(loader: DataLoader):
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
+
+
+def network_speeds(task, loader: DataLoader, device, precisions: dict, batches: int) -> dict:
+    """Images/s of the data pipeline alone, and per precision (``{label: precision}``) of
+    the model step alone (a batch already on the device) and of real training steps."""
+    fmt = memory_format(task.config["train"]["channels_last"])
+    size = loader.batch_size
+    stream = endless(loader)
+    row = {"batch_size": size}
+    row["data_images_per_s"] = images_per_s(lambda: next(stream), batches, size)
+    batch = [t.to(device) for t in next(stream)]
+    row["input"] = "x".join(map(str, batch[0].shape[-2:]))
+    for label, precision in precisions.items():
+        dtype = pick_precision(precision, device)
+        model = task.model().to(device, memory_format=fmt).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=task.cfg["lr"])
+        step = train.Step(model, task, optimizer, device, dtype, fmt)  # the engine's own step
+        row[f"model_images_per_s_{label}"] = images_per_s(
+            lambda step=step: step(*batch), batches, size
+        )
+        row[f"train_images_per_s_{label}"] = images_per_s(
+            lambda step=step: step(*next(stream)), batches, size
+        )
+        row[f"dtype_{label}"] = str(dtype).replace("torch.", "") if dtype else "fp32"
+    return row
+
+
 def measure(name: str, folder: str, batches: int, queue) -> None:
     folder = Path(folder)
     config = load(ROOT / "config.yaml")
-    task = TASKS[name](config)
-    cfg = task.cfg
+    task = TASKS[name](config, 0)
     torch.manual_seed(0)
     dataset, _ = task.datasets(
         folder / "raw/train_images", MaskCache(folder / "masks"), folder / "split.csv"
     )
     loader = DataLoader(
         dataset,
-        batch_size=cfg["batch_size"],
+        batch_size=task.cfg["batch_size"],
         shuffle=True,
         num_workers=config["machine"]["workers"],
     )
-    batches_iter = iter(loader)
-
-    def next_batch():
-        nonlocal batches_iter
-        try:
-            return next(batches_iter)
-        except StopIteration:
-            batches_iter = iter(loader)
-            return next(batches_iter)
-
-    row = {"input": None, "batch_size": cfg["batch_size"]}
-    row["data_images_per_s"] = images_per_s(next_batch, batches, cfg["batch_size"])
-    batch = next_batch()
-    row["input"] = "x".join(map(str, batch[0].shape[-2:]))
-    device = torch.device("cpu")
-    fmt = memory_format(config["train"]["channels_last"])
-    for label, precision in (("fp32", "fp32"), ("config", config["train"]["precision"])):
-        dtype = pick_precision(precision, device)
-        model = task.model().to(memory_format=fmt).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-        step = train.Step(model, task, optimizer, device, dtype, fmt)  # the engine's own step
-        row[f"model_images_per_s_{label}"] = images_per_s(
-            lambda step=step: step(*batch), batches, cfg["batch_size"]
-        )
-        row[f"train_images_per_s_{label}"] = images_per_s(
-            lambda step=step: step(*next_batch()), batches, cfg["batch_size"]
-        )
-        row[f"dtype_{label}"] = str(dtype).replace("torch.", "") if dtype else "fp32"
+    precisions = {"fp32": "fp32", "config": config["train"]["precision"]}
+    row = network_speeds(task, loader, torch.device("cpu"), precisions, batches)
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put((name, row))
 

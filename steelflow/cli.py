@@ -226,9 +226,11 @@ def _predict(args: argparse.Namespace) -> None:
         Path(args.images),
         Path(args.out),
         config["predict"]["batch_size"],
+        args.overlays,
     )
     found = (table.EncodedPixels != "").sum()
-    print(f"{args.out}: {len(table) // 4} images, {found} masks; predictions.csv and overlays")
+    written = "predictions.csv and overlays" if args.overlays else "predictions.csv"
+    print(f"{args.out}: {len(table) // 4} images, {found} masks; {written}")
 
 
 def _bundle(args: argparse.Namespace) -> None:
@@ -347,10 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = stages.add_parser(
         "predict",
         parents=[configured, tuned],
-        help="masks and overlays for a folder of your own images",
+        help="masks (and overlays) for a folder of your own images",
     )
     p.add_argument("images", help="folder of JPEG or PNG steel images")
-    p.add_argument("--out", required=True, help="output folder: predictions.csv + overlay PNGs")
+    p.add_argument("--out", required=True, help="output folder: predictions.csv (+ overlay PNGs)")
+    p.add_argument(
+        "--overlays", action="store_true", help="also draw one overlay PNG per image (slower)"
+    )
     p.set_defaults(run=_predict)
 
     p = stages.add_parser(

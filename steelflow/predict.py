@@ -2,22 +2,32 @@
 
 Each network sees an image exactly as it saw images in training: decoded by
 libjpeg straight at the network's scale (``dataset.decode_gray``). The U-Net's
-probabilities come back at full size (256x1600), averaged over the models of
-every trained fold and the flipped views of test-time augmentation. The tuned
+probabilities come at full size (256x1600), averaged over the models of every
+trained fold and the flipped views of test-time augmentation. The tuned
 post-processing then keeps, per class, the pixels above the class's threshold
 (optionally only where the class is the most probable), drops components and
 masks smaller than the class's minimums, and empties every class of an image
-the classifier calls clean. ``predict_images`` is the one batch loop of ``submit``,
-``predict`` and the benchmarks.
+the classifier calls clean.
+
+``predict_images`` is the one prediction loop of ``submit``, ``predict``, the
+Kaggle script and the benchmarks, and ``Predictor.batches`` its reader, shared
+with tune's inference pass. Three stages overlap, each in its own thread: the
+next batch is decoded while the networks and the thresholds run on the device
+(only uint8 masks leave it), while the CPU drops small components and
+RLE-encodes the batch before. At most a few batches are in memory, however
+many images there are.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -116,25 +126,62 @@ def drop_small_components(mask: np.ndarray, minimum: int) -> np.ndarray:
     return keep[labels].view(np.uint8)
 
 
-def postprocess(prob: torch.Tensor, th: Thresholds, gated: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) probabilities to (N, C, H, W) uint8 masks; ``gated`` (N, C) says
-    which classes of each image are on and past their gate (``Thresholds.gated``).
-
-    Optionally only the most probable class per pixel; then per class: pixels above
-    its threshold, without components below its minimum, kept if gated and the
-    mask has at least its minimum area.
-    """
+def threshold(prob: torch.Tensor, th: Thresholds, gated: np.ndarray) -> np.ndarray:
+    """The device's part of ``postprocess``: (N, C, H, W) probabilities to uint8 masks on
+    the CPU. Optionally only the most probable class per pixel; then per class the
+    pixels above its threshold, emptied unless gated, and, for classes without a
+    component minimum, unless the mask has the class's minimum area."""
     if th.non_overlap:
         prob = exclusive(prob)
-    above = (prob > torch.tensor(th.pixel, dtype=prob.dtype).view(1, C, 1, 1)).numpy()
-    masks = above.view(np.uint8)
+    device = prob.device
+    masks = prob > torch.tensor(th.pixel, dtype=prob.dtype, device=device).view(1, C, 1, 1)
+    keep = torch.from_numpy(gated).to(device)
+    area = masks.sum(dim=(-2, -1))
+    has_components = torch.tensor([m > 0 for m in th.min_component], device=device)
+    keep &= has_components | (area >= torch.tensor(th.min_area, device=device))
+    return (masks & keep[:, :, None, None]).view(torch.uint8).cpu().numpy()
+
+
+def drop_components(masks: np.ndarray, th: Thresholds, gated: np.ndarray) -> np.ndarray:
+    """The CPU's part of ``postprocess``, in place on ``threshold``'s masks: for classes
+    with a component minimum, the small components dropped, then the mask emptied
+    unless what is left has the class's minimum area."""
     for k, minimum in enumerate(th.min_component):
-        if minimum:  # only where the class is kept: it is emptied below anyway
+        if minimum:
             for i in np.flatnonzero(gated[:, k]):
-                masks[i, k] = drop_small_components(masks[i, k], minimum)
-    area = masks.reshape(*masks.shape[:2], -1).sum(-1, dtype=np.int64)
-    keep = gated & (area >= np.array(th.min_area))
-    return masks * keep[:, :, None, None].astype(np.uint8)
+                kept = drop_small_components(masks[i, k], minimum)
+                masks[i, k] = kept if np.count_nonzero(kept) >= th.min_area[k] else 0
+    return masks
+
+
+def postprocess(prob: torch.Tensor, th: Thresholds, gated: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) probabilities to (N, C, H, W) uint8 masks; ``gated`` (N, C) says
+    which classes of each image are on and past their gate (``Thresholds.gated``)."""
+    return drop_components(threshold(prob, th, gated), th, gated)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter), consumed lazily."""
+    items = iter(items)
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+def in_background(fn: Callable[[T], R], items: Iterable[T], ahead: int = 1) -> Iterator[R]:
+    """``fn`` of each of ``items`` in order, computed in a background thread while the
+    caller works on the one before: at most ``ahead + 1`` results wait."""
+    with ThreadPoolExecutor(1) as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 Views = dict[float, np.ndarray]  # an image at each scale the networks take
@@ -195,9 +242,20 @@ class Predictor:
         }
 
     def prepare(self, grays: list[np.ndarray]) -> torch.Tensor:
-        """A normalised (N, 1, h, w) batch on the device."""
-        x = normalise(torch.from_numpy(np.stack(grays)))[:, None]
-        return x.to(self.device).contiguous(memory_format=self.memory)
+        """A normalised (N, 1, h, w) batch on the device: uint8 is what crosses to it."""
+        x = torch.from_numpy(np.stack(grays))
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        return normalise(x.to(self.device))[:, None].contiguous(memory_format=self.memory)
+
+    def batches(
+        self, names: Iterable[str], read: Callable[[str], Views], batch_size: int
+    ) -> Iterator[tuple[list[str], list[Views]]]:
+        """(names, views) of ``names`` in batches, each read by ``read`` in a background
+        thread while the caller runs the networks on the batch before."""
+        return in_background(
+            lambda group: (group, [read(name) for name in group]), batched(names, batch_size)
+        )
 
     def average(self, models: list, x: torch.Tensor, dense: bool) -> torch.Tensor:
         """Mean sigmoid of ``models`` over the flipped views of ``x``, in fp32; a ``dense``
@@ -220,43 +278,54 @@ class Predictor:
 
     @torch.no_grad()
     def mask_prob(self, views: list[Views]) -> torch.Tensor:
-        """U-Net probabilities at full size, (N, C, H, W) on the CPU."""
+        """U-Net probabilities at full size, (N, C, H, W) on the device."""
         x = self.prepare([v[self.unet_cfg["scale"]] for v in views])
         prob = self.average(self.unets, x, dense=True)
         if prob.shape[-2:] != (H, W):
             prob = F.interpolate(prob, size=(H, W), mode="bilinear", align_corners=False)
-        return prob.cpu()
+        return prob
 
-    def masks(self, views: list[Views], th: Thresholds) -> list[np.ndarray]:
-        """Post-processed (C, H, W) masks; the U-Net runs only on images with a class
-        that is on and past its gate."""
+    def thresholded(self, views: list[Views], th: Thresholds) -> tuple[np.ndarray, np.ndarray]:
+        """``threshold``'s (N, C, H, W) uint8 masks and the (N, C) gated classes; the
+        U-Net runs only on images with a class that is on and past its gate."""
         gated = th.gated(self.class_prob(views))
         passed = np.flatnonzero(gated.any(axis=1))
-        masks = [np.zeros((C, H, W), np.uint8) for _ in views]
+        masks = np.zeros((len(views), C, H, W), np.uint8)
         if len(passed):
-            found = postprocess(self.mask_prob([views[i] for i in passed]), th, gated[passed])
-            for i, mask in zip(passed, found, strict=True):
-                masks[i] = mask
-        return masks
+            masks[passed] = threshold(self.mask_prob([views[i] for i in passed]), th, gated[passed])
+        return masks, gated
+
+
+Prediction = tuple[str, np.ndarray, list[str]]  # name, (C, H, W) masks, RLE of each class
+
+
+def _finish(batch: tuple[list[str], np.ndarray, np.ndarray], th: Thresholds) -> list[Prediction]:
+    """The CPU's stage: components dropped, then every mask RLE-encoded."""
+    names, masks, gated = batch
+    masks = drop_components(masks, th, gated)
+    return [(name, m, rle.encode_many(m)) for name, m in zip(names, masks, strict=True)]
 
 
 def predict_images(
     predictor: Predictor,
     th: Thresholds,
-    images: Iterable[tuple[str, Views]],
+    names: list[str],
+    read: Callable[[str], Views],
     batch_size: int,
-    total: int | None = None,
-) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, (C, H, W) masks) of each (name, views), batch by batch, with a progress bar.
+) -> Iterator[Prediction]:
+    """(name, (C, H, W) masks, RLE of each class) of each image of ``names`` (read by
+    ``read``), in order and with a progress bar: decoding, the networks, and the
+    components and RLE run as overlapping stages (see the module's docstring)."""
 
-    ``images`` is consumed lazily: only one batch of images is in memory at a time.
-    """
-    images = iter(images)
-    with tqdm(total=total, desc="prediction", unit="img", mininterval=1) as bar:
-        while batch := list(islice(images, batch_size)):
-            names, views = zip(*batch, strict=True)
-            yield from zip(names, predictor.masks(list(views), th), strict=True)
-            bar.update(len(batch))
+    def networks(batches):
+        for batch_names, views in batches:
+            yield batch_names, *predictor.thresholded(views, th)
+
+    batches = predictor.batches(names, read, batch_size)
+    with tqdm(total=len(names), desc="prediction", unit="img", mininterval=1) as bar:
+        for found in in_background(lambda batch: _finish(batch, th), networks(batches)):
+            yield from found
+            bar.update(len(found))
 
 
 def check_submission(table, image_ids: list[str]) -> None:
@@ -276,11 +345,13 @@ def submission_rows(
     predictor: Predictor, th: Thresholds, folder: Path, image_ids: list[str], batch_size: int
 ) -> list[tuple[str, int, str]]:
     """(ImageId, ClassId, EncodedPixels) of every image of ``folder`` named in ``image_ids``."""
-    images = ((i, predictor.read(folder / i)) for i in image_ids)
+    found = predict_images(
+        predictor, th, image_ids, lambda i: predictor.read(folder / i), batch_size
+    )
     return [
         (name, cls, text)
-        for name, masks in predict_images(predictor, th, images, batch_size, len(image_ids))
-        for cls, text in zip(CLASSES, rle.encode_many(masks), strict=True)
+        for name, _, texts in found
+        for cls, text in zip(CLASSES, texts, strict=True)
     ]
 
 
@@ -309,8 +380,16 @@ def read_user_image(path: Path) -> np.ndarray:
     return gray
 
 
-def predict_folder(predictor: Predictor, th: Thresholds, folder: Path, out: Path, batch_size: int):
-    """Masks for every image of ``folder``: ``out``/predictions.csv and one overlay PNG each.
+def predict_folder(
+    predictor: Predictor,
+    th: Thresholds,
+    folder: Path,
+    out: Path,
+    batch_size: int,
+    overlays: bool = False,
+):
+    """Masks for every image of ``folder``: ``out``/predictions.csv and, with
+    ``overlays``, one overlay PNG per image.
 
     Images are streamed, a batch at a time. An image of 1600x256 is decoded as
     in training; one of another size is area-resized for the networks and its
@@ -322,27 +401,29 @@ def predict_folder(predictor: Predictor, th: Thresholds, folder: Path, out: Path
     from steelflow.atomic import atomic_dir
     from steelflow.report import save_overlay
 
-    files = list_user_images(folder)
-    pending = {}  # full-size images of the batch in flight, for overlays and resizing back
+    names = [path.name for path in list_user_images(folder)]
+    kept = {}  # full-size images of the batches in flight: overlays, or a size to restore
 
-    def images():
-        for path in files:
-            gray = pending[path.name] = read_user_image(path)
-            standard = gray.shape == (H, W)
-            yield path.name, predictor.read(path) if standard else predictor.views_of(gray)
+    def read(name: str) -> Views:
+        gray = read_user_image(folder / name)
+        standard = gray.shape == (H, W)
+        if overlays or not standard:
+            kept[name] = gray
+        return predictor.read(folder / name) if standard else predictor.views_of(gray)
 
     rows = []
     with atomic_dir(out) as tmp:
-        for name, mask in predict_images(predictor, th, images(), batch_size, len(files)):
-            gray = pending.pop(name)
-            if gray.shape != (H, W):
+        for name, mask, texts in predict_images(predictor, th, names, read, batch_size):
+            gray = kept.pop(name, None)
+            if gray is not None and gray.shape != (H, W):
                 size = (gray.shape[1], gray.shape[0])
                 mask = np.stack(
                     [cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in mask]
                 )
-            texts = rle.encode_many(mask)
+                texts = rle.encode_many(mask)
             rows += [(f"{name}_{c}", text) for c, text in zip(CLASSES, texts, strict=True)]
-            save_overlay(tmp / f"{Path(name).stem}.png", gray, mask)
+            if overlays:
+                save_overlay(tmp / f"{Path(name).stem}.png", gray, mask)
         table = pd.DataFrame(rows, columns=["ImageId_ClassId", "EncodedPixels"])
         table.to_csv(tmp / "predictions.csv", index=False)
     return table

@@ -52,13 +52,14 @@ def gather(
     grid = torch.tensor(cfg["pixel_thresholds"], dtype=torch.float32)
     minimums = np.asarray(cfg["min_component_areas"])
     probs, areas, overlaps, truths = [], [], [], []
-    step = cfg["batch_size"]
-    for start in tqdm(range(0, len(image_ids), step), desc="validation pass", unit="batch"):
-        ids = image_ids[start : start + step]
-        views = [predictor.read(images_dir / i) for i in ids]
+    batches = predictor.batches(
+        image_ids, lambda i: predictor.read(images_dir / i), cfg["batch_size"]
+    )
+    total = -(-len(image_ids) // cfg["batch_size"])
+    for ids, views in tqdm(batches, total=total, desc="validation pass", unit="batch"):
         probs.append(predictor.class_prob(views))
         truth = torch.from_numpy(np.stack([cache[i] for i in ids])).bool()  # (n, C, H, W)
-        prob = predictor.mask_prob(views)
+        prob = predictor.mask_prob(views).cpu()
         counted = [
             areas_above(exclusive(prob) if rule else prob, truth, grid, minimums)
             for rule in cfg["non_overlap"]

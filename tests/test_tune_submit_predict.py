@@ -240,9 +240,13 @@ def test_predict_on_a_folder_of_user_images(project, tmp_path):
     gray = cv2.imread(str(tests[1]), cv2.IMREAD_GRAYSCALE)
     cv2.imwrite(str(folder / "b.png"), gray)
     cv2.imwrite(str(folder / "small.png"), cv2.resize(gray, (800, 128)))
-    out = tmp_path / "out"
-    assert main(["predict", str(folder), "--out", str(out), *models_args(project)]) == 0
+    plain, out = tmp_path / "plain", tmp_path / "out"
+    assert main(["predict", str(folder), "--out", str(plain), *models_args(project)]) == 0
+    assert [p.name for p in plain.iterdir()] == ["predictions.csv"]  # overlays only when asked
+    args = ["predict", str(folder), "--out", str(out), "--overlays", *models_args(project)]
+    assert main(args) == 0
     table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert table.equals(pd.read_csv(plain / "predictions.csv", keep_default_na=False))
     assert table.ImageId_ClassId.tolist() == [
         f"{n}_{c}" for n in ("a.jpg", "b.png", "small.png") for c in range(1, 5)
     ]
@@ -326,6 +330,61 @@ def test_postprocess_keeps_the_most_probable_class_and_drops_small_components():
     assert off.gated(np.array([[0.4, 0.5, 0.9, 0.9]])).tolist() == [[False, True, True, False]]
 
 
+def test_in_background_keeps_order_works_one_item_ahead_and_passes_errors_on():
+    import threading
+
+    from steelflow.predict import in_background
+
+    produced, threads = [], set()
+
+    def work(i):
+        if i == 7:
+            raise ValueError("item 7 is bad")
+        produced.append(i)
+        threads.add(threading.get_ident())
+        return 10 * i
+
+    got = []
+    with pytest.raises(ValueError, match="item 7 is bad"):
+        for result in in_background(work, range(20)):
+            assert len(produced) <= len(got) + 2  # this one, and at most one ahead
+            got.append(result)
+    assert got == [10 * i for i in range(7)]
+    assert threading.get_ident() not in threads
+
+
+def test_prediction_streams_and_matches_postprocessing_each_batch(project):
+    """The overlapped pipeline reads at most a few batches ahead of what it yields, and
+    gives what the serial composition (networks, then ``postprocess``) gives."""
+    from steelflow.predict import Predictor, predict_images
+
+    predictor = Predictor(*trained_pair(project, 0), load(TEST_CONFIG)["train"])
+    files = sorted((project / "raw/test_images").glob("*.jpg"))
+    path_of = {f"image{i}": files[i % len(files)] for i in range(4 * len(files))}
+    names, read_calls = list(path_of), []
+
+    def read(name):
+        read_calls.append(name)
+        return predictor.read(path_of[name])
+
+    views = [predictor.read(path_of[n]) for n in names]
+    prob = predictor.mask_prob(views)
+    pixel = [float(np.percentile(prob[:, k].numpy(), 95)) for k in range(4)]  # some found
+    th = Thresholds(True, [True] * 4, [0.0] * 4, pixel, [50] * 4, [0, 20, 0, 20])
+    found = predict_images(predictor, th, names, read, batch_size=2)
+    first = next(found)
+    assert (
+        len(read_calls) <= 3 * 2 < len(names)
+    )  # the batch yielded, one in the networks, one decoding
+    results = [first, *found]
+    assert [name for name, _, _ in results] == names
+    expected = postprocess(prob, th, th.gated(predictor.class_prob(views)))
+    for (name, masks, texts), want in zip(results, expected, strict=True):
+        assert np.array_equal(masks, want), name
+        assert texts == rle.encode_many(want)
+    assert any(m.any() for _, m, _ in results)  # something was found: the test can fail
+
+
 def trained_pair(project: Path, fold: int) -> tuple[list[Path], list[Path]]:
     return [project / f"classifier_f{fold}.pt"], [project / f"unet_f{fold}.pt"]
 
@@ -362,7 +421,9 @@ def test_flip_tta_gives_a_mirrored_image_the_mirrored_masks(project, tta):
     assert torch.allclose(mirrored, prob.flip(-1), atol=1e-5)
     symmetric = np.concatenate([gray[:, :800], gray[:, :800][:, ::-1]], axis=1)
     th = Thresholds(False, [True] * 4, [0.0] * 4, [0.3] * 4, [0] * 4, [0] * 4)
-    masks = predictor.masks([predictor.views_of(symmetric)], th)[0]
+    masks = postprocess(
+        predictor.mask_prob([predictor.views_of(symmetric)]), th, np.ones((1, 4), bool)
+    )[0]
     assert np.array_equal(masks, masks[:, :, ::-1])  # an hflip-symmetric image: the same mask
     if tta == "hflip+vflip":
         upside_down = predictor.mask_prob([predictor.views_of(gray[::-1].copy())])

@@ -134,12 +134,13 @@ def threshold(prob: torch.Tensor, th: Thresholds, gated: np.ndarray) -> np.ndarr
     if th.non_overlap:
         prob = exclusive(prob)
     device = prob.device
-    masks = prob > torch.tensor(th.pixel, dtype=prob.dtype, device=device).view(1, C, 1, 1)
+    above = prob > torch.tensor(th.pixel, dtype=prob.dtype, device=device).view(1, C, 1, 1)
+    masks = above.view(torch.uint8)
+    area = masks.sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)  # a row fits int16
     keep = torch.from_numpy(gated).to(device)
-    area = masks.sum(dim=(-2, -1))
     has_components = torch.tensor([m > 0 for m in th.min_component], device=device)
     keep &= has_components | (area >= torch.tensor(th.min_area, device=device))
-    return (masks & keep[:, :, None, None]).view(torch.uint8).cpu().numpy()
+    return (masks * keep[:, :, None, None].to(torch.uint8)).cpu().numpy()
 
 
 def drop_components(masks: np.ndarray, th: Thresholds, gated: np.ndarray) -> np.ndarray:

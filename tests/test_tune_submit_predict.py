@@ -385,6 +385,31 @@ def test_prediction_streams_and_matches_postprocessing_each_batch(project):
     assert any(m.any() for _, m, _ in results)  # something was found: the test can fail
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
+def test_prediction_on_a_gpu_finds_what_the_cpu_finds(project):
+    """Thresholds on the device, uint8 masks back: the same masks as on the CPU (fp32),
+    but for pixels within float rounding of a threshold."""
+    from steelflow.predict import Predictor, predict_images
+
+    train = {**load(TEST_CONFIG)["train"], "precision": "fp32"}
+    images = project / "raw/test_images"
+    names = sorted(p.name for p in images.glob("*.jpg"))
+    predictors = {
+        device: Predictor(*trained_pair(project, 0), {**train, "device": device})
+        for device in ("cpu", "cuda")
+    }
+    prob = predictors["cpu"].mask_prob([predictors["cpu"].read(images / n) for n in names])
+    pixel = [float(np.percentile(prob[:, k].numpy(), 95)) for k in range(4)]  # some found
+    th = Thresholds(False, [True] * 4, [0.0] * 4, pixel, [0] * 4, [0, 5, 0, 0])
+    found = {}
+    for device, predictor in predictors.items():
+        read = lambda n, p=predictor: p.read(images / n)  # noqa: E731
+        found[device] = np.stack([m for _, m, _ in predict_images(predictor, th, names, read, 2)])
+    assert found["cpu"].any()
+    assert (found["cpu"] != found["cuda"]).mean() < 1e-3
+
+
 def trained_pair(project: Path, fold: int) -> tuple[list[Path], list[Path]]:
     return [project / f"classifier_f{fold}.pt"], [project / f"unet_f{fold}.pt"]
 

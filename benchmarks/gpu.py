@@ -30,9 +30,11 @@ import json
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from common import cpu_name, write_results
@@ -95,7 +97,6 @@ def training(name: str, config: dict, data: Path, batches: int) -> dict:
 
 def trained_models(config: dict, data: Path, out: Path) -> dict[str, Path]:
     """One epoch of each network on fold 0: checkpoints to predict with."""
-    config = {**config, "train": {**config["train"], "folds": [0]}}
     paths = {}
     for name in ("classifier", "unet"):
         short = {**config, name: {**config[name], "epochs": 1}}
@@ -132,10 +133,6 @@ def tuned(config: dict, models: dict[str, Path], data: Path, out: Path) -> Thres
 def decoding(paths: list[Path], device: torch.device) -> dict:
     """Images/s of JPEG decoding: libjpeg at the U-Net's full scale, one thread and one
     per core, and (on a GPU) nvJPEG in batches of 64."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import cv2
-
     files = [np.fromfile(p, np.uint8) for p in paths]
 
     def libjpeg(data):
@@ -230,7 +227,7 @@ def markdown(r: dict) -> str:
     ]
     for label, p in r["prediction"].items():
         lines.append(
-            f"| {label} | {p['images_per_s_forward']:.0f} | {p['images_per_s_end_to_end']:.0f} "
+            f"| {label} | {p['images_per_s_forward']:.1f} | {p['images_per_s_end_to_end']:.1f} "
             f"| {p['ratio']:.2f} | {p['seconds_end_to_end']:.1f} s | {p['past_gate']} |"
         )
     d = r["decoding"]

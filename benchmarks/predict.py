@@ -19,7 +19,7 @@ import torch
 from common import cpu_name, write_results
 
 from steelflow.config import load
-from steelflow.predict import Predictor, Thresholds, predict_images
+from steelflow.predict import Predictor, Thresholds, batched, predict_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def measure(
         )
         return sum(bool(text) for _, _, texts in found for text in texts)
 
-    views = [[predictor.read(p) for p in paths[i : i + batch]] for i in range(0, len(paths), batch)]
+    views = [[predictor.read(p) for p in group] for group in batched(paths, batch)]
     passed = [
         [
             v

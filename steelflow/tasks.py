@@ -48,6 +48,10 @@ class Task:
         """The order of training images; None: a plain shuffle (or torchrun's sampler)."""
         return None
 
+    def validation_ids(self, image_ids: list[str], cache: MaskCache) -> list[str]:
+        """The images of the validation fold that the metrics need: all of them."""
+        return image_ids
+
     def datasets(
         self, images: Path, cache: MaskCache, split: Path
     ) -> tuple[SteelDataset, SteelDataset]:
@@ -56,7 +60,8 @@ class Task:
         train = SteelDataset(
             images, cache, train_ids, augment=self.config["augment"], **self.train_crop(), **common
         )
-        return train, SteelDataset(images, cache, val_ids, **common)
+        val = SteelDataset(images, cache, self.validation_ids(val_ids, cache), **common)
+        return train, val
 
 
 class ClassifierTask(Task):
@@ -104,6 +109,13 @@ class UNetTask(Task):
             return BalancedSampler(train.flags, self.config["seed"], rank, world)
         return None
 
+    def validation_ids(self, image_ids: list[str], cache: MaskCache) -> list[str]:
+        """The images with a defect (all, if none has one): the score counts only defect
+        pairs, and the clean half of the fold would cost half the validation time for
+        nothing. False positives on clean images are tune's to weigh."""
+        defective = cache.classes().loc[image_ids].any(axis=1)
+        return [i for i in image_ids if defective[i]] or image_ids
+
     def target(self, masks: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
         return masks
 
@@ -119,7 +131,8 @@ class UNetTask(Task):
     def metrics(self, counts: np.ndarray, flags: np.ndarray) -> dict:
         """The mean Dice on each class's defect pairs, their mean over the classes
         (``score``: unlike the mean over all pairs, it does not swing with the many
-        empty ones) and the mean pair Dice (``pair_dice``)."""
+        empty ones) and the mean Dice of all pairs of the validated images
+        (``pair_dice``)."""
         pair = dice(counts[:, 0], counts[:, 1], counts[:, 2])  # (N, C)
         present = flags.astype(bool)
         per_class = {

@@ -17,9 +17,10 @@ from torchvision import models
 from steelflow import train
 from steelflow.cli import main
 from steelflow.config import load
-from steelflow.masks import build
+from steelflow.dataset import split_ids
+from steelflow.masks import MaskCache, build
 from steelflow.models import WeightsError, backbone, build_classifier, build_unet
-from steelflow.tasks import UNetTask
+from steelflow.tasks import ClassifierTask, UNetTask
 from tests.conftest import TEST_CONFIG, fetch_synthetic
 
 TWO_EPOCHS = {"classifier.epochs": 2, "unet.epochs": 2}
@@ -282,3 +283,15 @@ def test_pos_weight_counts_each_class_defect_pixels_as_torch_does():
     assert torch.allclose(pixel_loss(logits, target, 0, weights), expected, atol=1e-6)
     plain = pixel_loss(logits, target, 0, [1.0] * 4)
     assert torch.allclose(plain[2:], expected[2:]) and (plain[:2] < expected[:2]).all()
+
+
+def test_the_unet_validates_the_images_with_a_defect_and_the_classifier_all(data):
+    config, cache = tiny_config(), MaskCache(data / "masks")
+    val_ids = split_ids(data / "split.csv", 0)[1]
+    defective = cache.classes().loc[val_ids].any(axis=1)
+    assert defective.any() and not defective.all()  # the tiny fold has both kinds
+    images = data / "raw/train_images"
+    _, unet_val = UNetTask(config, 0).datasets(images, cache, data / "split.csv")
+    _, classifier_val = ClassifierTask(config, 0).datasets(images, cache, data / "split.csv")
+    assert unet_val.image_ids == [i for i in val_ids if defective[i]]
+    assert classifier_val.image_ids == val_ids

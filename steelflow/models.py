@@ -151,9 +151,6 @@ class Classifier(nn.Module):
     The deepest features are max-pooled, not averaged: a defect is a small part
     of a long image, and averaging over the whole strip washes it out (a
     from-scratch average-pooled ResNet18 stayed at chance in the CPU budget).
-    The head starts at zero, so every image starts at p=0.5: a random head on
-    max-pooled features starts confidently wrong (a first-epoch loss of 0.96)
-    and took two of six epochs to recover.
     """
 
     def __init__(self, encoder: Encoder, outputs: int):
@@ -161,8 +158,6 @@ class Classifier(nn.Module):
         self.encoder = encoder
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(encoder.channels[-1], outputs)
-        nn.init.zeros_(self.fc.weight)
-        nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.encoder(x)[-1]).flatten(1))

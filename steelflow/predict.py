@@ -39,7 +39,7 @@ from steelflow import checkpoint, rle
 from steelflow.dataset import decode_gray, normalise
 from steelflow.device import autocast, memory_format, pick_device, pick_precision
 from steelflow.io import CLASSES
-from steelflow.models import build_classifier, build_unet
+from steelflow.models import build_classifier, build_unet, image_logits
 
 H, W = rle.SHAPE
 C = len(CLASSES)
@@ -260,12 +260,15 @@ class Predictor:
 
     def average(self, models: list, x: torch.Tensor, dense: bool) -> torch.Tensor:
         """Mean sigmoid of ``models`` over the flipped views of ``x``, in fp32; a ``dense``
-        (per-pixel) output is flipped back before it is averaged."""
+        (per-pixel) output is flipped back before it is averaged, a classifier's map of
+        cells is reduced to its image logits."""
         total = 0
         for model in models:
             for dims in self.flips:
                 with autocast(self.device, self.dtype):
                     logits = model(x.flip(dims) if dims else x).float()
+                if not dense:
+                    logits = image_logits(logits)
                 prob = torch.sigmoid(logits)
                 total = total + (prob.flip(dims) if dense and dims else prob)
         return total / (len(models) * len(self.flips))

@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from steelflow.atomic import atomic_path  # noqa: E402
 
@@ -52,6 +53,8 @@ def plot_history(history: pd.DataFrame, name: str, path) -> None:
     if "auc" in metrics:  # the classifier's score is its AUC: draw it once
         metrics.remove("score")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for column in ("train_loss", "val_loss"):
         left.plot(history.epoch, history[column], marker="o", label=column)
     left.set_xlabel("epoch")

@@ -24,7 +24,7 @@ def test_each_encoder_builds_both_decoders_and_the_classifier_on_a_full_image(ar
             assert out.shape == (1, 4, 256, 1600), (decoder, stride)
             assert torch.isfinite(out).all()
         classifier = build_classifier({**CONFIG["classifier"], "arch": arch, "head": "multilabel"})
-        assert classifier.eval()(x).shape == (1, 4)
+        assert classifier.eval()(x).shape == (1, 4, 8, 50)  # a logit per class and stride-32 cell
 
 
 def test_the_encoder_takes_its_features_at_strides_2_to_32():

@@ -19,7 +19,7 @@ from steelflow.cli import main
 from steelflow.config import load
 from steelflow.dataset import split_ids
 from steelflow.masks import MaskCache, build
-from steelflow.models import WeightsError, backbone, build_classifier, build_unet
+from steelflow.models import WeightsError, backbone, build_classifier, build_unet, image_logits
 from steelflow.tasks import ClassifierTask, UNetTask
 from tests.conftest import TEST_CONFIG, fetch_synthetic
 
@@ -80,7 +80,7 @@ def test_classifier_with_four_labels(data, tmp_path):
     state = torch.load(tmp_path / "classifier.pt", weights_only=True)
     model = build_classifier(state["config"])
     model.load_state_dict(state["model"])
-    assert model(torch.zeros(2, 1, 64, 400)).shape == (2, 4)
+    assert image_logits(model(torch.zeros(2, 1, 64, 400))).shape == (2, 4)
 
 
 def interrupted_after_one_epoch(data, out, monkeypatch, **settings):
@@ -295,3 +295,16 @@ def test_the_unet_validates_the_images_with_a_defect_and_the_classifier_all(data
     _, classifier_val = ClassifierTask(config, 0).datasets(images, cache, data / "split.csv")
     assert unet_val.image_ids == [i for i in val_ids if defective[i]]
     assert classifier_val.image_ids == val_ids
+
+
+def test_the_classifier_is_told_which_cell_holds_the_defect():
+    task = ClassifierTask(tiny_config(), 0)
+    masks, flags = torch.zeros(1, 4, 64, 400), torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    masks[0, 2, 40:50, 350:360] = 1  # a class 3 defect in the lower row, near the right end
+    target = task.target(masks, flags)
+    right, wrong = torch.full((1, 1, 2, 13), -8.0), torch.full((1, 1, 2, 13), -8.0)
+    right[0, 0, 1, 11], wrong[0, 0, 0, 2] = 8.0, 8.0  # the same image logit, other cells
+    assert image_logits(right).item() == image_logits(wrong).item() == 8.0
+    assert task.loss(right, target) < 0.01 < task.loss(wrong, target)
+    prob, label = task.evidence(right, target, flags)
+    assert prob.item() > 0.99 and label.item() == 1

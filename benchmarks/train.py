@@ -71,7 +71,8 @@ def network_speeds(task, loader: DataLoader, device, precisions: dict, batches: 
         dtype = pick_precision(precision, device)
         model = task.model().to(device, memory_format=fmt).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=task.cfg["lr"])
-        step = train.Step(model, task, optimizer, device, dtype, fmt)  # the engine's own step
+        schedule = train.lr_schedule(optimizer, task.cfg, len(loader))
+        step = train.Step(model, task, optimizer, schedule, device, dtype, fmt)  # the engine's
         row[f"model_images_per_s_{label}"] = images_per_s(
             lambda step=step: step(*batch), batches, size
         )
@@ -84,7 +85,7 @@ def network_speeds(task, loader: DataLoader, device, precisions: dict, batches: 
 
 def measure(name: str, folder: str, batches: int, queue) -> None:
     folder = Path(folder)
-    config = load(ROOT / "config.yaml")
+    config = load(ROOT / "config.yaml", {"classifier.pretrained": "none"})  # speed: any weights
     task = TASKS[name](config, 0)
     torch.manual_seed(0)
     dataset, _ = task.datasets(

@@ -137,6 +137,7 @@ def _train(args: argparse.Namespace) -> None:
         Path(args.split),
         {"out": Path(args.out), "history": Path(args.history), "curves": Path(args.curves)},
         resume=args.resume,
+        start=Path(args.start) if args.start else None,
     )
     if best is not None:  # only the main process reports
         print(json.dumps({"best": best}, indent=2))
@@ -312,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--curves", required=True, help="training curves, e.g. results/train/unet_f0.png"
     )
     p.add_argument("--resume", action="store_true", help="go on from the last checkpoint if any")
+    p.add_argument(
+        "--start",
+        help="the U-Net checkpoint whose encoder the classifier starts from "
+        "(classifier.pretrained: unet), e.g. models/unet_f0.pt",
+    )
     p.set_defaults(run=_train)
 
     models = argparse.ArgumentParser(add_help=False)

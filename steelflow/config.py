@@ -71,6 +71,13 @@ def validate(config: dict[str, Any], schema: Path = SCHEMA) -> dict[str, Any]:
             f"invalid config: train.folds: expected folds below split.folds "
             f"({config['split']['folds']}), got {outside[0]}"
         )
+    classifier, unet = config["classifier"], config["unet"]
+    if classifier["pretrained"] == "unet" and classifier["arch"] != unet["arch"]:
+        raise ConfigError(
+            f"invalid config: classifier.pretrained: unet starts the classifier from the "
+            f"U-Net's encoder, so classifier.arch must equal unet.arch ({unet['arch']}), "
+            f"got {classifier['arch']}"
+        )
     return config
 
 

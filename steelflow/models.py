@@ -269,6 +269,13 @@ def _encoder(cfg: dict) -> Encoder:
     return Encoder(net)
 
 
+def copy_encoder(state: dict[str, torch.Tensor], net: nn.Module) -> None:
+    """Load the ``encoder.`` weights of another network's ``state`` into ``net``'s encoder."""
+    prefix = "encoder."
+    encoder = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    net.encoder.load_state_dict(encoder)
+
+
 def build_classifier(cfg: dict) -> Classifier:
     """The classifier of config section ``classifier``."""
     return Classifier(_encoder(cfg), 1 if cfg["head"] == "binary" else len(CLASSES))

@@ -10,6 +10,7 @@ torchrun it runs DistributedDataParallel; only the main process validates and wr
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +52,9 @@ class Step:
     (an AveragedModel) follows the weights after each step.
     """
 
-    def __init__(self, net, task: Task, optimizer, device, dtype, fmt, ema=None):
+    def __init__(self, net, task: Task, optimizer, schedule, device, dtype, fmt, ema=None):
         self.net, self.task, self.optimizer, self.ema = net, task, optimizer, ema
+        self.schedule = schedule
         self.device, self.dtype, self.fmt = device, dtype, fmt
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
@@ -68,6 +70,7 @@ class Step:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.schedule.step()
         if self.ema:
             self.ema.update_parameters(self.net)
         return loss.item()
@@ -97,6 +100,22 @@ def make_loaders(task: Task, images: Path, masks: Path, split: Path, device: tor
         **common,
     )
     return train_loader, DataLoader(val_set, **common)
+
+
+def lr_schedule(optimizer, cfg: dict, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate of each step: a linear rise over ``warmup_epochs``, then
+    constant or a cosine to 0 at the last step (torchvision's references do the same)."""
+    warmup = round(cfg["warmup_epochs"] * steps_per_epoch)
+    total = max(cfg["epochs"] * steps_per_epoch - warmup, 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if cfg["schedule"] == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / total))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def resume_state(last: Path, best_file: Path, parts: dict, recipe: dict, task: Task, device):
@@ -208,12 +227,14 @@ def run(
     split: Path,
     outputs: dict[str, Path],
     resume: bool = False,
+    start: Path | None = None,
 ) -> dict | None:
     """Train network ``name`` on every fold but ``fold``, which validates. ``outputs``
-    holds the paths ``out`` (best checkpoint), ``history`` (CSV) and ``curves`` (PNG).
+    holds the paths ``out`` (best checkpoint), ``history`` (CSV) and ``curves`` (PNG);
+    ``start`` the checkpoint whose encoder it starts from (``pretrained: unet``).
     Returns the best validation row; None in the processes other than the main one."""
     distributed.setup()
-    task = TASKS[name](config, fold)
+    task = TASKS[name](config, fold, start)
     cfg, train_cfg = task.cfg, config["train"]
     torch.manual_seed(config["seed"])
     device = pick_device(train_cfg["device"])
@@ -222,29 +243,23 @@ def run(
 
     model = task.model().to(device, memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    schedule = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
-        if cfg["schedule"] == "cosine"
-        else None
-    )
+    train_loader, val_loader = make_loaders(task, images, masks, split, device)
+    schedule = lr_schedule(optimizer, cfg, len(train_loader))
     ema = (
         AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=True)
         if cfg["ema_decay"]
         else None
     )
     parts = {"model": model, "optimizer": optimizer, "schedule": schedule, "ema": ema}
-    train_loader, val_loader = make_loaders(task, images, masks, split, device)
     recipe = task.recipe(train_loader.dataset, val_loader.dataset)
     last = checkpoint.last_path(outputs["out"])
     progress = Progress()
     if resume and last.is_file():
         progress = resume_state(last, outputs["out"], parts, recipe, task, device)
-    step = Step(distributed.wrap(model), task, optimizer, device, dtype, fmt, ema)
+    step = Step(distributed.wrap(model), task, optimizer, schedule, device, dtype, fmt, ema)
 
     for epoch in range(progress.epoch, cfg["epochs"]):
         train_loss, seconds = train_one_epoch(step, train_loader, epoch)
-        if schedule:
-            schedule.step()
         if distributed.is_main():
             metrics = evaluate(ema.module if ema else model, val_loader, task, device, dtype, fmt)
             row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics}

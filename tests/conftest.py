@@ -72,13 +72,15 @@ def project(tmp_path_factory) -> Path:
     build(root / "raw/train.csv", root / "raw/train_images", root / "masks")
     split = ["--split", str(root / "split.csv")]
     assert main(["split", *config, "--masks", str(root / "masks"), "--out", split[1]]) == 0
-    for network in ("classifier", "unet"):
+    for network in ("unet", "classifier"):  # the classifier starts from the U-Net's encoder
         for fold in (0, 1):
             outputs = {
                 "--out": f"{network}_f{fold}.pt",
                 "--history": f"{network}_f{fold}.csv",
                 "--curves": f"{network}_f{fold}.png",
             }
+            if network == "classifier":
+                outputs["--start"] = f"unet_f{fold}.pt"
             named = [x for flag, name in outputs.items() for x in (flag, str(root / name))]
             args = ["train", network, *config, "--fold", str(fold), *data, *split, *named]
             assert main(args) == 0

@@ -114,6 +114,12 @@ def test_the_schema_defaults_are_the_values_of_config_yaml():
         ({"classifier.crop_width": 384}, r"unknown key 'crop_width' in 'classifier'"),
         ({"classifier.loss": "bce_dice"}, r"unknown key 'loss' in 'classifier'"),
         ({"unet.head": "binary"}, r"unknown key 'head' in 'unet'"),
+        ({"unet.pretrained": "unet"}, r"unet.pretrained: expected one of \['none', 'imagenet'\]"),
+        (
+            {"classifier.arch": "resnet34"},
+            r"classifier.pretrained: unet .* classifier.arch must equal unet.arch \(resnet18\), "
+            r"got resnet34",
+        ),
     ],
 )
 def test_each_network_accepts_only_its_own_keys(overrides, message):

@@ -43,7 +43,7 @@ def tiny_config(**overrides):
     return load(TEST_CONFIG, {**TWO_EPOCHS, **overrides})
 
 
-def train_network(data, out, name="unet", resume=False, fold=0, **overrides):
+def train_network(data, out, name="unet", resume=False, fold=0, start=None, **overrides):
     outputs = {"out": out / f"{name}.pt", "history": out / f"{name}.csv"}
     return train.run(
         name,
@@ -54,7 +54,16 @@ def train_network(data, out, name="unet", resume=False, fold=0, **overrides):
         data / "split.csv",
         {**outputs, "curves": out / f"{name}.png"},
         resume=resume,
+        start=start,
     )
+
+
+@pytest.fixture(scope="module")
+def unet(data, tmp_path_factory) -> Path:
+    """A U-Net trained one epoch on fold 0: where fold 0's classifier starts."""
+    out = tmp_path_factory.mktemp("start")
+    train_network(data, out, **{"unet.epochs": 1})
+    return out / "unet.pt"
 
 
 def test_unet_trains_and_its_checkpoint_loads_for_prediction(data, tmp_path):
@@ -72,10 +81,9 @@ def test_unet_trains_and_its_checkpoint_loads_for_prediction(data, tmp_path):
         assert model.eval()(torch.zeros(1, 1, 64, 400)).shape == (1, 4, 64, 400)
 
 
-def test_classifier_with_four_labels(data, tmp_path):
-    best = train_network(
-        data, tmp_path, "classifier", **{"classifier.head": "multilabel", "classifier.epochs": 1}
-    )
+def test_classifier_with_four_labels(data, tmp_path, unet):
+    settings = {"classifier.head": "multilabel", "classifier.epochs": 1}
+    best = train_network(data, tmp_path, "classifier", start=unet, **settings)
     assert {"auc", "f1"} <= set(best)
     state = torch.load(tmp_path / "classifier.pt", weights_only=True)
     model = build_classifier(state["config"])
@@ -258,10 +266,13 @@ def test_ema_weights_are_validated_saved_and_resumed(data, tmp_path, monkeypatch
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 @pytest.mark.parametrize("network", ["classifier", "unet"])
-def test_cuda_mixed_precision_trains_and_resumes(data, tmp_path, monkeypatch, network, precision):
+def test_cuda_mixed_precision_trains_and_resumes(
+    data, tmp_path, monkeypatch, unet, network, precision
+):
     """On a GPU: autocast in fp16 (with the GradScaler) or bf16, killed after epoch 1 and
     resumed; the checkpoint loads on a CPU."""
     cuda = {"train.device": "cuda", "train.precision": precision, f"{network}.epochs": 2}
+    cuda["start"] = unet if network == "classifier" else None
     interrupted_after_one_epoch(data, tmp_path, monkeypatch, name=network, **cuda)
     train_network(data, tmp_path, name=network, resume=True, **cuda)
     history = pd.read_csv(tmp_path / f"{network}.csv")
@@ -308,3 +319,58 @@ def test_the_classifier_is_told_which_cell_holds_the_defect():
     assert task.loss(right, target) < 0.01 < task.loss(wrong, target)
     prob, label = task.evidence(right, target, flags)
     assert prob.item() > 0.99 and label.item() == 1
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "none"])
+def test_the_learning_rate_warms_up_then_follows_its_schedule(schedule):
+    lr, steps = 0.01, 5
+    cfg = {"epochs": 3, "warmup_epochs": 1, "schedule": schedule}
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lr)
+    lrs = []
+    sched = train.lr_schedule(optimizer, cfg, steps)
+    for _ in range(3 * steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        sched.step()
+    warmup, after = lrs[:steps], lrs[steps:]
+    assert all(a < b for a, b in zip(warmup, warmup[1:], strict=False)) and warmup[-1] < lr
+    assert after[0] == pytest.approx(lr)
+    if schedule == "cosine":
+        assert all(a > b for a, b in zip(after, after[1:], strict=False)) and after[-1] < 0.05 * lr
+    else:
+        assert after == pytest.approx([lr] * len(after))
+
+
+def test_the_classifier_starts_from_the_unets_encoder(unet):
+    net = ClassifierTask(tiny_config(), 0, start=unet).model()
+    weights = torch.load(unet, weights_only=True)["model"]
+    encoder = {
+        k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")
+    }
+    ours = net.encoder.state_dict()
+    assert ours.keys() == encoder.keys()
+    assert all(torch.equal(ours[k], encoder[k].to(ours[k].dtype)) for k in ours)
+    random = ClassifierTask(tiny_config(**{"classifier.pretrained": "none"}), 0).model()
+    assert not torch.equal(
+        random.encoder.state_dict()["body.conv1.weight"], ours["body.conv1.weight"]
+    )
+
+
+def test_a_classifier_without_its_unet_or_from_another_arch_stops_with_one_line(data, tmp_path):
+    with pytest.raises(ValueError, match=r"U-Net checkpoint of fold 0 .*--start"):
+        ClassifierTask(tiny_config(), 0).model()
+    regnet = {"unet.epochs": 1, "unet.arch": "regnet_y_400mf", "classifier.pretrained": "none"}
+    train_network(data, tmp_path, **regnet)
+    config = tiny_config(**{"classifier.pretrained": "none"})
+    config["classifier"]["pretrained"] = "unet"  # past the config check, as a stale file would be
+    with pytest.raises(ValueError, match=r"unet.pt: a regnet_y_400mf U-Net, expected .*resnet18"):
+        ClassifierTask(config, 0, start=tmp_path / "unet.pt").model()
+
+
+def test_a_classifier_resumes_only_from_the_same_unet(data, tmp_path, unet, monkeypatch, caplog):
+    train_network(data, tmp_path / "other", **{"unet.epochs": 1, "seed": 7})
+    settings = {"name": "classifier", "classifier.epochs": 2}
+    interrupted_after_one_epoch(data, tmp_path, monkeypatch, start=unet, **settings)
+    with caplog.at_level(logging.INFO, logger="steelflow.train"):
+        train_network(data, tmp_path, resume=True, start=tmp_path / "other/unet.pt", **settings)
+    assert "trained with other start; training classifier from scratch" in caplog.text

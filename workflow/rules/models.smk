@@ -1,9 +1,18 @@
 """Models: the defect classifier (stage 1) and the U-Net (stage 2), one engine; one
-job per network and fold of train.folds (fold {fold} validates, the others train)."""
+job per network and fold of train.folds (fold {fold} validates, the others train).
+With classifier.pretrained: unet (the default) a fold's classifier starts from the
+encoder of that fold's U-Net, so it trains after it."""
 
 
 wildcard_constraints:
     fold=r"\d+",
+
+
+def classifier_start(wildcards):
+    """The U-Net checkpoint whose encoder the classifier starts from, if it does."""
+    if config["classifier"]["pretrained"] == "unet":
+        return f"models/unet_f{wildcards.fold}.pt"
+    return []
 
 
 rule train_classifier:
@@ -11,6 +20,7 @@ rule train_classifier:
         raw="resources/raw",
         masks="results/masks",
         split="results/split.csv",
+        start=classifier_start,
         code=stage_code("train"),
     output:
         model="models/classifier_f{fold}.pt",
@@ -24,6 +34,7 @@ rule train_classifier:
     params:
         config=CONFIG,
         settings=fold_settings("seed", "split", "train", "augment", "classifier"),
+        start=lambda wildcards, input: f"--start {input.start} " if input.start else "",
     log:
         "logs/train_classifier_f{fold}.log",
     benchmark:
@@ -36,7 +47,8 @@ rule train_classifier:
     shell:
         "steelflow train classifier {params.config} --fold {wildcards.fold} --raw {input.raw} "
         "--masks {input.masks} --split {input.split} --out {output.model} "
-        "--history {output.history} --curves {output.curves} --resume > {log} 2>&1"
+        "--history {output.history} --curves {output.curves} --resume "
+        "{params.start}> {log} 2>&1"
 
 
 rule train_unet:

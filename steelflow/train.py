@@ -46,7 +46,8 @@ class Progress:
 
 
 class Step:
-    """One optimisation step: forward in the autocast dtype, loss in fp32, backward, Adam.
+    """One optimisation step: forward in the autocast dtype, loss in fp32, backward, Adam,
+    then the learning rate of the next step (``schedule``).
 
     Raises TrainingError on a non-finite loss; fp16 goes through a GradScaler; ``ema``
     (an AveragedModel) follows the weights after each step.

@@ -111,3 +111,10 @@ def all_outputs():
         "results/metrics.json",
         "dist/kaggle",
     ]
+
+
+def classifier_start(wildcards):
+    """The U-Net checkpoint whose encoder the classifier starts from, if it does."""
+    if config["classifier"]["pretrained"] == "unet":
+        return f"models/unet_f{wildcards.fold}.pt"
+    return []

@@ -8,13 +8,6 @@ wildcard_constraints:
     fold=r"\d+",
 
 
-def classifier_start(wildcards):
-    """The U-Net checkpoint whose encoder the classifier starts from, if it does."""
-    if config["classifier"]["pretrained"] == "unet":
-        return f"models/unet_f{wildcards.fold}.pt"
-    return []
-
-
 rule train_classifier:
     input:
         raw="resources/raw",

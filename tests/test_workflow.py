@@ -291,9 +291,10 @@ def test_dvc_repro_and_experiments_run_the_same_stages(project, tmp_path):
         ran = dvc("exp", "run", "-S", setting, cwd=project).stdout
         return set(re.findall(r"Running stage '([\w@]+)'", ran))
 
-    stages = experiment("config.yaml:unet.epochs=2")
-    assert {"config", "train_unet@0", "train_unet@1", "tune", "submit"} <= stages  # score: if
-    assert not stages & {"fetch", "masks", "eda", "split", "train_classifier@0"}  # the csv changed
+    stages = experiment("config.yaml:unet.epochs=2")  # the classifiers start from the U-Nets
+    networks = {f"train_{n}@{f}" for n in ("unet", "classifier") for f in (0, 1)}
+    assert {"config", *networks, "tune", "submit"} <= stages  # score: if the csv changed
+    assert not stages & {"fetch", "masks", "eda", "split"}
     assert len(pd.read_csv(project / "results/train/unet_f1.csv")) == 2
 
     config = project / "config.yaml"  # a third fold: its stages would run, and not the others'

@@ -104,7 +104,7 @@ class ClassifierTask(Task):
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """BCE of the image's logit against 'has a defect', plus BCE of each cell of the
         map against 'a defect pixel lies in it' (the masks, max-pooled to the cells):
-        told one bit per image, the same network needed 6 epochs where it now needs 4."""
+        told one bit per image, the network from random weights needed 6 epochs, not 4."""
         cells = F.adaptive_max_pool2d(target, logits.shape[-2:])
         logits = logits.float()
         has_defect = cells.amax(dim=(-2, -1))

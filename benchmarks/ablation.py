@@ -127,7 +127,10 @@ VARIANTS = {
 }
 
 
-METRICS = {"unet": [f"dice_defect_{c}" for c in (1, 2, 3, 4)], "classifier": ["auc", "f1"]}
+METRICS = {
+    "unet": [f"{m}_{c}" for m in ("dice_defect", "pooled_dice") for c in (1, 2, 3, 4)],
+    "classifier": ["auc", "f1"],
+}
 
 
 def run_variant(name: str, overrides: dict, epochs: int | None, data: dict) -> dict:
@@ -167,8 +170,9 @@ def markdown(rows: list[dict]) -> str:
     lines = [
         f"Ablations ({cpu_name()}, torch {torch.__version__}), one run "
         "each: the last epoch's validation metrics (best epoch in brackets) and the "
-        "training time including validation. U-Net: Dice on the defect pairs of each class "
-        "at threshold 0.5. Classifier: AUC and F1 of 'any defect'.",
+        "training time including validation. U-Net, at threshold 0.5: Dice on the defect pairs "
+        "of each class, and its pooled Dice, which also counts false positives (- where a "
+        "run did not record it). Classifier: AUC and F1 of 'any defect'.",
     ]
     for network, title in (("unet", "U-Net"), ("classifier", "Classifier")):
         chosen = [r for r in rows if r.get("network", "unet") == network]
@@ -184,7 +188,10 @@ def markdown(rows: list[dict]) -> str:
         ]
         for r in chosen:
             changes = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "default"
-            cells = [f"{r['last'][k]:.3f} ({r['best_of_epochs'][k]:.3f})" for k in names]
+            cells = [
+                f"{r['last'][k]:.3f} ({r['best_of_epochs'][k]:.3f})" if k in r["last"] else "-"
+                for k in names
+            ]
             lines.append(
                 f"| {r['variant']} | {r.get('data', DEFAULT_DATA)} | {changes} | {r['epochs']} | "
                 f"{r['seconds']:.0f} | "

@@ -48,8 +48,11 @@ def save(fig: plt.Figure, path) -> None:
 
 
 def plot_history(history: pd.DataFrame, name: str, path) -> None:
-    """Training curves: losses, and the validation metrics, per epoch."""
-    metrics = [c for c in history.columns if c.startswith(("auc", "f1", "dice", "pair", "score"))]
+    """Training curves: losses, and the validation metrics, per epoch; a class's
+    metrics in its colour, its pooled Dice dashed."""
+    metrics = [
+        c for c in history.columns if c.startswith(("auc", "f1", "dice", "pooled", "pair", "score"))
+    ]
     if "auc" in metrics:  # the classifier's score is its AUC: draw it once
         metrics.remove("score")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -61,11 +64,14 @@ def plot_history(history: pd.DataFrame, name: str, path) -> None:
     left.set_title(f"{name}: loss")
     left.legend()
     for column in metrics:
-        right.plot(history.epoch, history[column], marker="o", label=column)
+        style = {"linestyle": "--" if column.startswith("pooled") else "-"}
+        if column[-1].isdigit():
+            style["color"] = class_colour(int(column[-1]))
+        right.plot(history.epoch, history[column], marker="o", label=column, **style)
     right.set_xlabel("epoch")
     right.set_ylim(0, 1)
     right.set_title(f"{name}: validation")
-    right.legend(fontsize=8)
+    right.legend(fontsize=7, ncol=2)
     save(fig, path)
 
 

@@ -122,6 +122,9 @@ class ClassifierTask(Task):
         return {"score": auc, "auc": auc, "f1": f1_score(scores > 0.5, labels)}
 
 
+SAMPLER_POWER = {"balanced": 0.0, "sqrt": 0.5}  # uniform: a plain shuffle
+
+
 class UNetTask(Task):
     """Stage 2: a mask per class."""
 
@@ -138,14 +141,16 @@ class UNetTask(Task):
         }
 
     def train_sampler(self, train: SteelDataset, rank: int, world: int) -> Sampler | None:
-        if self.cfg["sampler"] == "balanced":
-            return BalancedSampler(train.flags, self.config["seed"], rank, world)
-        return None
+        power = SAMPLER_POWER.get(self.cfg["sampler"])
+        if power is None:
+            return None
+        return BalancedSampler(train.flags, self.config["seed"], rank, world, power)
 
     def validation_ids(self, image_ids: list[str], cache: MaskCache) -> list[str]:
-        """The images with a defect (all, if none has one): the score counts only defect
-        pairs, and the clean half of the fold would cost half the validation time for
-        nothing. False positives on clean images are tune's to weigh."""
+        """The images with a defect (all, if none has one): the score sees each class's
+        defect pairs and its false positives on the other classes' images; the clean
+        half of the fold would double the validation time. False positives on clean
+        images are tune's to weigh."""
         defective = cache.classes().loc[image_ids].any(axis=1)
         return [i for i in image_ids if defective[i]] or image_ids
 
@@ -162,20 +167,27 @@ class UNetTask(Task):
         return torch.stack([c.sum(dim=(-2, -1)) for c in counts], dim=1), flags
 
     def metrics(self, counts: np.ndarray, flags: np.ndarray) -> dict:
-        """The mean Dice on each class's defect pairs, their mean over the classes
-        (``score``: unlike the mean over all pairs, it does not swing with the many
-        empty ones) and the mean Dice of all pairs of the validated images
-        (``pair_dice``)."""
-        pair = dice(counts[:, 0], counts[:, 1], counts[:, 2])  # (N, C)
+        """Per class, the mean Dice of its defect pairs (``dice_defect_k``, as the test
+        score reports it) and its pooled Dice (``pooled_dice_k``: twice the overlap over
+        the predicted plus the true area, each summed over the validated images).
+
+        Only the pooled Dice sees false positives: a class predicted on images of
+        other classes keeps its defect-pair Dice but loses pooled Dice, in proportion
+        to the area, so one stray pixel on an empty pair does not swing it. ``score``
+        (which picks the best checkpoint) is its mean over the classes; ``pair_dice``
+        the mean Dice of all pairs of the validated images."""
+        overlap, predicted, true = counts[:, 0], counts[:, 1], counts[:, 2]  # (N, C) each
+        pair = dice(overlap, predicted, true)
         present = flags.astype(bool)
-        per_class = {
-            f"dice_defect_{cls}": float(pair[present[:, k], k].mean())
-            if present[:, k].any()
-            else float("nan")
-            for k, cls in enumerate(CLASSES)
-        }
-        score = float(np.nanmean(list(per_class.values()))) if present.any() else 0.0
-        return {"score": score, "pair_dice": float(pair.mean()), **per_class}
+        per_class, pooled = {}, {}
+        for k, cls in enumerate(CLASSES):
+            seen = present[:, k].any()
+            rows = present[:, k]
+            per_class[f"dice_defect_{cls}"] = float(pair[rows, k].mean()) if seen else np.nan
+            totals = (overlap[:, k].sum(), predicted[:, k].sum(), true[:, k].sum())
+            pooled[f"pooled_dice_{cls}"] = float(dice(*totals)) if seen else np.nan
+        score = float(np.nanmean(list(pooled.values()))) if present.any() else 0.0
+        return {"score": score, "pair_dice": float(pair.mean()), **per_class, **pooled}
 
 
 TASKS = {task.name: task for task in (ClassifierTask, UNetTask)}

@@ -72,6 +72,18 @@ def test_the_balanced_sampler_draws_each_class_and_clean_images_equally_often():
     assert len(halves[0]) == len(halves[1]) == 500 and halves[0] != halves[1]
 
 
+def test_the_square_root_sampler_draws_rare_classes_less_than_balanced_more_than_uniform():
+    from steelflow.dataset import BalancedSampler
+
+    flags = torch.zeros(1000, 4)
+    flags[:400, 2] = 1  # class 3: 400 images
+    flags[400:416, 1] = 1  # class 2: 16 images
+    drawn = torch.tensor(list(BalancedSampler(flags, seed=0, power=0.5)))
+    share = flags[drawn].mean(dim=0)
+    expected = 4 / (4 + 20 + 24)  # sqrt of 16, of 400, of the 584 clean ones
+    assert 0.02 < share[1] < 0.2 and share[1] == pytest.approx(expected, abs=0.025)
+
+
 @pytest.mark.parametrize("decoder", ["unet", "fpn"])
 def test_the_head_prior_sets_where_every_pixel_starts(decoder):
     """head_prior 0.01: the untrained network's output is near 0.01 everywhere, not 0.5."""

@@ -321,6 +321,20 @@ def test_the_classifier_is_told_which_cell_holds_the_defect():
     assert prob.item() > 0.99 and label.item() == 1
 
 
+def test_the_unet_score_sees_false_positives_that_the_defect_pair_dice_misses():
+    task = UNetTask(tiny_config(), 0)
+    flags = np.array([[0, 1, 0, 0], [0, 0, 1, 0]], dtype=float)  # a class 2, a class 3 image
+    truth = np.array([[0, 100, 0, 0], [0, 0, 400, 0]])
+    exact = np.stack([truth, truth, truth], axis=1)  # (N, 3, C): overlap, predicted, true
+    spilled = exact.copy()
+    spilled[1, 1, 1] = 300  # class 2 predicted over the class 3 scrape as well
+    clean, noisy = task.metrics(exact, flags), task.metrics(spilled, flags)
+    assert clean["dice_defect_2"] == noisy["dice_defect_2"] == 1.0  # blind to it
+    assert noisy["pooled_dice_2"] == pytest.approx(2 * 100 / (400 + 100))
+    assert clean["score"] == 1.0 and noisy["score"] == pytest.approx((1 + 0.4) / 2)
+    assert np.isnan(noisy["pooled_dice_1"])  # no class 1 image: not scored
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "none"])
 def test_the_learning_rate_warms_up_then_follows_its_schedule(schedule):
     lr, steps = 0.01, 5

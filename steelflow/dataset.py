@@ -155,8 +155,8 @@ class BalancedSampler(Sampler[int]):
 
     ``power`` 0 draws each class, and clean images, equally often: rare classes
     (class 2 is in 2% of the real images) are seen as often as common ones, and
-    the network learns to predict them ten times more often than they occur.
-    0.5 (square root) shifts the balance part of the way. Draws depend only on
+    are predicted more often than they occur. 0.5 (square root) goes part of
+    the way. Draws depend only on
     (seed, epoch, rank); under torchrun each process draws its own share.
     """
 
@@ -168,7 +168,7 @@ class BalancedSampler(Sampler[int]):
         groups.append(np.flatnonzero(~has.any(axis=1)))
         self.groups = [g for g in groups if g.size]
         weights = np.array([g.size for g in self.groups], dtype=float) ** power
-        self.weights = weights / weights.sum()
+        self.weights = None if power == 0 else weights / weights.sum()  # None: uniform
         self.seed, self.rank, self.epoch = seed, rank, 0
         self.size = -(-len(has) // world)
 
@@ -180,5 +180,8 @@ class BalancedSampler(Sampler[int]):
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank])
-        picks = rng.choice(len(self.groups), self.size, p=self.weights)
+        if self.weights is None:  # drawn as before ``power`` existed: old runs reproduce
+            picks = rng.integers(0, len(self.groups), self.size)
+        else:
+            picks = rng.choice(len(self.groups), self.size, p=self.weights)
         return iter(int(rng.choice(self.groups[g])) for g in picks)

@@ -65,13 +65,14 @@ def plot_history(history: pd.DataFrame, name: str, path) -> None:
     left.legend()
     for column in metrics:
         style = {"linestyle": "--" if column.startswith("pooled") else "-"}
-        if column[-1].isdigit():
-            style["color"] = class_colour(int(column[-1]))
+        prefix, _, cls = column.rpartition("_")
+        if prefix and cls.isdigit():  # dice_defect_3, pooled_dice_3: class 3's colour
+            style["color"] = class_colour(int(cls))
         right.plot(history.epoch, history[column], marker="o", label=column, **style)
     right.set_xlabel("epoch")
     right.set_ylim(0, 1)
     right.set_title(f"{name}: validation")
-    right.legend(fontsize=7, ncol=2)
+    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     save(fig, path)
 
 

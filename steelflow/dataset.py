@@ -156,8 +156,8 @@ class BalancedSampler(Sampler[int]):
     ``power`` 0 draws each class, and clean images, equally often: rare classes
     (class 2 is in 2% of the real images) are seen as often as common ones, and
     are predicted more often than they occur. 0.5 (square root) goes part of
-    the way. Draws depend only on
-    (seed, epoch, rank); under torchrun each process draws its own share.
+    the way. Draws depend only on (seed, epoch, rank); under torchrun each
+    process draws its own share.
     """
 
     def __init__(

@@ -1,12 +1,12 @@
 """End-to-end ablations: finished workflow runs side by side, one row each.
 
-Each run is a folder where `snakemake --cores all` finished (a clone, or a copy
-of one with a few settings changed). A row holds what the run's config changed
-from the defaults, the stage times (Snakemake benchmarks), the test score
-(results/metrics.json), the U-Net's last validation epoch and which classes
-tune switched on. Rows are added to benchmarks/results/runs.json under their
-name (a second run of the same name replaces the first) and the table is
-rewritten to runs.md.
+Each run is a folder where `snakemake --cores all` finished on one fold (fold 0,
+the default train.folds), a clone or a copy of one with a few settings changed.
+A row holds what the run's config changed from the defaults, the stage times
+(Snakemake benchmarks), the test score (results/metrics.json), the U-Net's
+last validation epoch and which classes tune switched on. Rows are added to
+benchmarks/results/runs.json under their name (a second run of the same name
+replaces the first) and the table is rewritten to runs.md.
 
     python benchmarks/runs.py NAME=RUN_FOLDER [NAME=RUN_FOLDER ...] [--note TEXT]
 """

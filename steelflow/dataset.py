@@ -168,7 +168,8 @@ class BalancedSampler(Sampler[int]):
         groups.append(np.flatnonzero(~has.any(axis=1)))
         self.groups = [g for g in groups if g.size]
         weights = np.array([g.size for g in self.groups], dtype=float) ** power
-        self.weights = None if power == 0 else weights / weights.sum()  # None: uniform
+        # None when uniform: numpy then draws as integers() did, so earlier runs reproduce
+        self.weights = weights / weights.sum() if power else None
         self.seed, self.rank, self.epoch = seed, rank, 0
         self.size = -(-len(has) // world)
 
@@ -180,8 +181,5 @@ class BalancedSampler(Sampler[int]):
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank])
-        if self.weights is None:  # drawn as before ``power`` existed: old runs reproduce
-            picks = rng.integers(0, len(self.groups), self.size)
-        else:
-            picks = rng.choice(len(self.groups), self.size, p=self.weights)
+        picks = rng.choice(len(self.groups), self.size, p=self.weights)
         return iter(int(rng.choice(self.groups[g])) for g in picks)

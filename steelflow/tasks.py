@@ -181,8 +181,8 @@ class UNetTask(Task):
         present = flags.astype(bool)
         per_class, pooled = {}, {}
         for k, cls in enumerate(CLASSES):
-            seen = present[:, k].any()
             rows = present[:, k]
+            seen = rows.any()
             per_class[f"dice_defect_{cls}"] = float(pair[rows, k].mean()) if seen else np.nan
             totals = (overlap[:, k].sum(), predicted[:, k].sum(), true[:, k].sum())
             pooled[f"pooled_dice_{cls}"] = float(dice(*totals)) if seen else np.nan

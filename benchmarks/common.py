@@ -5,21 +5,27 @@ import os
 import platform
 from pathlib import Path
 
+import torch
+
 RESULTS = Path(__file__).parent / "results"
 
 
 def cpu_name() -> str:
-    """The CPU model, core count and whether it computes bf16 natively, e.g.
-    'AMD EPYC, 2 cores, AVX512-BF16' or '..., no native bf16'."""
-    model, flags = platform.machine(), ""
+    """The CPU model (with its family and model numbers: a hypervisor may show every
+    EPYC as 'AMD EPYC'), core count, the vector instructions torch uses (AVX2 under
+    ATEN_CPU_CAPABILITY=avx2) and whether the CPU computes bf16 natively, e.g.
+    'AMD EPYC (family 26, model 2), 2 cores, AVX512, AVX512-BF16'."""
+    info = {}
     try:
-        info = Path("/proc/cpuinfo").read_text()
-        model = next(
-            line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line
-        )
-        flags = info
-    except (OSError, StopIteration):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first CPU's lines
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
         pass
+    model = info.get("model name", platform.machine())
+    if "cpu family" in info:
+        model += f" (family {info['cpu family']}, model {info.get('model', '?')})"
+    flags = info.get("flags", "").split()
     bf16 = (
         "AVX512-BF16"
         if "avx512_bf16" in flags
@@ -27,7 +33,8 @@ def cpu_name() -> str:
         if "amx_bf16" in flags
         else "no native bf16"
     )
-    return f"{model}, {os.cpu_count()} cores, {bf16}"
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"{model}, {os.cpu_count()} cores, {isa}, {bf16}"
 
 
 def write_results(name: str, results: dict, markdown: str) -> None:

@@ -3,7 +3,8 @@
 Each run is a folder where `snakemake --cores all` finished on one fold (fold 0,
 the default train.folds), a clone or a copy of one with a few settings changed.
 A row holds what the run's config changed from the defaults, the stage times
-(Snakemake benchmarks), the test score (results/metrics.json), the U-Net's
+(Snakemake benchmarks), the CPU of the machine that adds the row (add rows where
+the runs ran), the test score (results/metrics.json), the U-Net's
 last validation epoch and which classes tune switched on. Rows are added to
 benchmarks/results/runs.json under their name (a second run of the same name
 replaces the first) and the table is rewritten to runs.md.
@@ -51,6 +52,7 @@ def row(name: str, run: Path) -> dict:
     tuned = json.loads((run / "results/thresholds.json").read_text())["classes"]
     return {
         "name": name,
+        "cpu": cpu_name(),
         "changes": changes(config, load(ROOT / "config.yaml")),
         "seconds": seconds,
         "test_dice": metrics["dice"],
@@ -66,23 +68,23 @@ def markdown(rows: list[dict], note: str) -> str:
         return "-" if value is None or pd.isna(value) else f"{value:.3f}"
 
     lines = [
-        f"End-to-end runs ({cpu_name()}), one each, preset clear unless the changes say "
+        "End-to-end runs, one each, on the CPU each row names, preset clear unless the changes say "
         "otherwise. Test: Dice of `results/metrics.json` and its margin over all-empty, "
         "then Dice on each class's test defect pairs. Val pooled: the U-Net's last epoch, "
         "its pooled Dice per class (false positives count; - where the run did not "
         "record it). On: the classes tune switched on.",
         *([f"\n{note}"] if note else []),
         "",
-        "| run | changes | U-Net s | classifier s | test Dice | margin | test 1/2/3/4 "
+        "| run | CPU | changes | U-Net s | classifier s | test Dice | margin | test 1/2/3/4 "
         "| val pooled 1/2/3/4 | on |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         changed = ", ".join(f"{k}={v}" for k, v in r["changes"].items()) or "default"
         test = " / ".join(number(r["test_dice_on_defects"][c]) for c in CLASSES)
         pooled = " / ".join(number(r["val_pooled_dice"][c]) for c in CLASSES)
         lines.append(
-            f"| {r['name']} | {changed} | {r['seconds']['train_unet_f0']:.0f} | "
+            f"| {r['name']} | {r['cpu']} | {changed} | {r['seconds']['train_unet_f0']:.0f} | "
             f"{r['seconds']['train_classifier_f0']:.0f} | {r['test_dice']:.3f} | "
             f"{r['test_dice'] - r['empty_baseline']:+.3f} | {test} | {pooled} | "
             f"{','.join(r['enabled'])} |"
@@ -97,13 +99,13 @@ def main() -> None:
     args = parser.parse_args()
     saved = RESULTS / "runs.json"
     results = json.loads(saved.read_text()) if saved.is_file() else {"rows": [], "note": ""}
-    rows = {r["name"]: r for r in results["rows"]}
+    rows = {r["name"]: {"cpu": results.get("cpu"), **r} for r in results["rows"]}
     for spec in args.runs:
         name, _, folder = spec.partition("=")
         rows[name] = row(name, Path(folder))
     note = args.note or results["note"]
     table = list(rows.values())
-    write_results("runs", {"cpu": cpu_name(), "note": note, "rows": table}, markdown(table, note))
+    write_results("runs", {"note": note, "rows": table}, markdown(table, note))
 
 
 if __name__ == "__main__":

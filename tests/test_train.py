@@ -82,14 +82,16 @@ def test_unet_trains_and_its_checkpoint_loads_for_prediction(data, tmp_path):
         assert model.eval()(torch.zeros(1, 1, 64, 400)).shape == (1, 4, 64, 400)
 
 
-def test_classifier_with_four_labels(data, tmp_path, unet):
-    settings = {"classifier.head": "multilabel", "classifier.epochs": 1}
+@pytest.mark.parametrize(("head", "labels"), [("multilabel", 4), ("binary", 1)])
+def test_classifier_heads(data, tmp_path, unet, head, labels):
+    """multilabel (the default): a logit per class; binary: one for 'any defect'."""
+    settings = {"classifier.head": head, "classifier.epochs": 1}
     best = train_network(data, tmp_path, "classifier", start=unet, **settings)
     assert {"auc", "f1"} <= set(best)
     state = torch.load(tmp_path / "classifier.pt", weights_only=True)
     model = build_classifier(state["config"])
     model.load_state_dict(state["model"])
-    assert image_logits(model(torch.zeros(2, 1, 64, 400))).shape == (2, 4)
+    assert image_logits(model(torch.zeros(2, 1, 64, 400))).shape == (2, labels)
 
 
 def interrupted_after_one_epoch(data, out, monkeypatch, **settings):

@@ -35,6 +35,12 @@ class Task:
         self.config, self.fold, self.start = config, fold, start
         self.cfg = config[self.name]
 
+    @property
+    def seed(self) -> int:
+        """The seed of training: ``train.seed``, or the top-level seed when it is null."""
+        seed = self.config["train"]["seed"]
+        return self.config["seed"] if seed is None else seed
+
     def recipe(self, train: SteelDataset, val: SteelDataset) -> dict:
         """Everything that shapes the weights: a run resumes only from the same recipe.
         (Which other folds are trained does not shape this one.)"""
@@ -65,7 +71,7 @@ class Task:
         self, images: Path, cache: MaskCache, split: Path
     ) -> tuple[SteelDataset, SteelDataset]:
         train_ids, val_ids = split_ids(split, self.fold)
-        common = {"scale": self.cfg["scale"], "seed": self.config["seed"]}
+        common = {"scale": self.cfg["scale"], "seed": self.seed}
         train = SteelDataset(
             images, cache, train_ids, augment=self.config["augment"], **self.train_crop(), **common
         )
@@ -144,7 +150,7 @@ class UNetTask(Task):
         power = SAMPLER_POWER.get(self.cfg["sampler"])
         if power is None:
             return None
-        return BalancedSampler(train.flags, self.config["seed"], rank, world, power)
+        return BalancedSampler(train.flags, self.seed, rank, world, power)
 
     def validation_ids(self, image_ids: list[str], cache: MaskCache) -> list[str]:
         """The images with a defect (all, if none has one): the score sees each class's

@@ -84,7 +84,7 @@ def make_loaders(task: Task, images: Path, masks: Path, split: Path, device: tor
     rank, world = distributed.rank_and_world()
     sampler = task.train_sampler(train_set, rank, world)
     if sampler is None and world > 1:
-        sampler = DistributedSampler(train_set, seed=config["seed"])
+        sampler = DistributedSampler(train_set, seed=task.seed)
     workers = config["machine"]["workers"]
     common = {
         "batch_size": cfg["batch_size"],
@@ -149,7 +149,7 @@ def resume_state(last: Path, best_file: Path, parts: dict, recipe: dict, task: T
 def train_one_epoch(step: Step, loader: DataLoader, epoch: int) -> tuple[float, float]:
     """Train one epoch; returns the mean loss and the seconds it took."""
     task, cfg = step.task, step.task.cfg
-    loader.generator.manual_seed(task.config["seed"] + epoch)  # the same shuffle after a resume
+    loader.generator.manual_seed(task.seed + epoch)  # the same shuffle after a resume
     loader.dataset.set_epoch(epoch)
     if hasattr(loader.sampler, "set_epoch"):  # torchrun's or the balanced sampler
         loader.sampler.set_epoch(epoch)
@@ -237,7 +237,7 @@ def run(
     distributed.setup()
     task = TASKS[name](config, fold, start)
     cfg, train_cfg = task.cfg, config["train"]
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(task.seed)
     device = pick_device(train_cfg["device"])
     dtype = pick_precision(train_cfg["precision"], device)
     fmt = memory_format(train_cfg["channels_last"])

@@ -132,6 +132,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(data, tmp_path, monkeypatch
     ("change", "named"),
     [
         ({"seed": 7}, "seed"),
+        ({"train.seed": 7}, "train"),
         ({"augment.hflip": False}, "augment"),
         ({"fold": 1}, "fold, train_ids, val_ids"),
         ({"train.channels_last": False}, "train"),
@@ -149,6 +150,21 @@ def test_a_run_resumes_only_from_the_same_recipe(
     assert f"trained with other {named}; training unet from scratch" in caplog.text
     assert "resuming unet from epoch" not in caplog.text
     assert pd.read_csv(tmp_path / "unet.csv").epoch.tolist() == [1, 2]
+
+
+def test_train_seed_is_the_seed_of_the_training_alone(data, tmp_path):
+    """train.seed null trains with the top-level seed, as does train.seed set to it;
+    another train.seed trains other weights (on the same split: the data stages
+    never read it)."""
+    seed = tiny_config()["seed"]
+    runs = {"null": {}, "same": {"train.seed": seed}, "other": {"train.seed": seed + 1}}
+    weights = {}
+    for name, change in runs.items():
+        train_network(data, tmp_path / name, **{"unet.epochs": 1}, **change)
+        weights[name] = torch.load(tmp_path / name / "unet.pt", weights_only=True)["model"]
+    null, same, other = weights["null"], weights["same"], weights["other"]
+    assert all(torch.allclose(null[k].float(), same[k].float(), atol=1e-5) for k in null)
+    assert max((null[k].float() - other[k].float()).abs().max() for k in null) > 1e-2
 
 
 @pytest.mark.parametrize("change", [{"machine.threads": 1}, {"train.folds": [0, 1, 2]}])

@@ -177,20 +177,21 @@ def _ensemble(args: argparse.Namespace, config: dict):
 
 def _tune(args: argparse.Namespace) -> None:
     from steelflow.masks import MaskCache
-    from steelflow.tune import out_of_fold, plot_search, search
+    from steelflow.tune import area_bounds, out_of_fold, plot_search, search
 
     config = _load(args)
     cfg, folds = config["tune"], config["train"]["folds"]
     models = _fold_models(args, folds)
+    cache = MaskCache(args.masks)
     evidence = out_of_fold(
         lambda fold: _predictor(models, config, [fold]),
         folds,
         Path(args.split),
         Path(args.raw) / "train_images",
-        MaskCache(args.masks),
+        cache,
         cfg,
     )
-    result = {"folds": folds, **search(evidence, cfg)}
+    result = {"folds": folds, **search(evidence, cfg, area_bounds(cache, cfg["max_area_quantile"]))}
     write_json(args.out, result)
     plot_search(evidence, cfg, result, Path(args.figure))
     print(json.dumps(result, indent=2))

@@ -100,6 +100,12 @@ class MaskCache:
         flags.columns = list(CLASSES)
         return flags
 
+    def areas(self) -> np.ndarray:
+        """(images, C) true mask areas in pixels, in ``image_ids`` order; 0: no mask."""
+        counts = np.bitwise_count(self.bits).sum(axis=1, dtype=np.int64)
+        rows = self.index[SLOTS].to_numpy()
+        return np.where(rows >= 0, counts[rows], 0) if len(counts) else np.zeros_like(rows)
+
     def __getitem__(self, image_id: str) -> np.ndarray:
         try:
             rows = self._rows[image_id]

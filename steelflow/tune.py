@@ -149,9 +149,23 @@ def class_dice(ev: Evidence, o: int, k: int, gates, min_areas) -> np.ndarray:
     return np.where(on & big, kept, dropped).mean(axis=0)
 
 
-def search(ev: Evidence, cfg: dict) -> dict:
-    """Choose the non-overlap rule and, per class, gate, threshold, minimum area and
-    minimum component area; switch weak classes off.
+def area_bounds(cache: MaskCache, quantile: float | None) -> np.ndarray:
+    """(C,) the largest minimum area the search may give each class: the ``quantile``
+    of the class's true mask areas over every image of ``cache`` (inf where the class
+    has no mask, or ``quantile`` is None)."""
+    areas = cache.areas()
+    return np.array(
+        [
+            np.quantile(a[a > 0], quantile) if quantile is not None and (a > 0).any() else np.inf
+            for a in areas.T
+        ]
+    )
+
+
+def search(ev: Evidence, cfg: dict, bounds: np.ndarray | None = None) -> dict:
+    """Choose the non-overlap rule and, per class, gate, threshold, minimum area (at
+    most the class's entry of ``bounds``, see ``area_bounds``) and minimum component
+    area; switch weak classes off.
 
     A class stays on only with at least ``min_support`` validation images that
     have it and a gain of at least ``min_gain`` Dice over predicting it empty.
@@ -161,6 +175,7 @@ def search(ev: Evidence, cfg: dict) -> dict:
     """
     gates, pixels = cfg["gates"], cfg["pixel_thresholds"]
     areas, pieces = cfg["min_areas"], cfg["min_component_areas"]
+    bounds = np.full(len(CLASSES), np.inf) if bounds is None else bounds
     n = len(ev.class_prob)
     empty = (ev.truth == 0).mean(axis=0)  # (C,) Dice of predicting the class empty
     support = (ev.truth > 0).sum(axis=0)
@@ -176,7 +191,9 @@ def search(ev: Evidence, cfg: dict) -> dict:
     for o in range(len(cfg["non_overlap"])):
         chosen = []
         for k in range(len(CLASSES)):
-            setting, dice = best_setting(class_dice(ev, o, k, gates, areas))
+            table = class_dice(ev, o, k, gates, areas)
+            table[:, :, np.asarray(areas) > max(bounds[k], min(areas))] = -np.inf
+            setting, dice = best_setting(table)
             on = bool(support[k] >= cfg["min_support"] and dice - empty[k] >= cfg["min_gain"])
             chosen.append((setting, dice if on else float(empty[k]), on))
         plans.append((float(np.mean([c[1] for c in chosen])), o, chosen))
@@ -193,6 +210,7 @@ def search(ev: Evidence, cfg: dict) -> dict:
                 "gate": float(gates[g]),
                 "threshold": float(pixels[t]),
                 "min_area": int(areas[a]),
+                "min_area_bound": None if np.isinf(bounds[k]) else float(bounds[k]),
                 "min_component_area": int(pieces[c]),
                 "val_dice": dice,
                 "val_dice_empty": float(empty[k]),

@@ -37,9 +37,11 @@ def test_cache_returns_the_decoded_masks_of_every_image(raw, cache_dir):
     images = sorted(p.name for p in (raw / "train_images").glob("*.jpg"))
     assert cache.image_ids == images
     table = read_masks(raw / "train.csv")
-    for image in images:
+    areas = cache.areas()
+    for i, image in enumerate(images):
         masks = cache[image]
         assert masks.shape == (4, 256, 1600) and masks.dtype == np.uint8
+        np.testing.assert_array_equal(areas[i], masks.sum(axis=(1, 2)))
         rows = table[table.ImageId == image]
         expected = np.zeros_like(masks)
         for cls, text in zip(rows.ClassId, rows.EncodedPixels, strict=True):

@@ -17,9 +17,10 @@ from steelflow import rle
 from steelflow.cli import main
 from steelflow.config import load
 from steelflow.io import read_masks
+from steelflow.masks import MaskCache, build
 from steelflow.models import build_classifier, build_unet
 from steelflow.predict import Thresholds, drop_small_components, postprocess
-from steelflow.tune import Evidence, areas_above, class_dice, search
+from steelflow.tune import Evidence, area_bounds, areas_above, class_dice, search
 from tests.conftest import FOLDS, TEST_CONFIG, models_args
 from tests.test_rle import reference_decode
 
@@ -106,6 +107,35 @@ def test_search_switches_on_what_works_and_off_what_does_not():
     assert three["gate"] > 0.2 or three["min_area"] > 300
     assert result["val_dice"] > result["val_dice_empty"]
     assert not result["non_overlap"] and three["min_component_area"] == 0
+
+
+def test_the_minimum_area_stays_within_the_bound_of_its_class():
+    """Only a minimum area above 300 px removes class 3's false positives on five clean
+    images (no gate can: every image has probability 0.9); bounded at 250 px, the
+    search keeps them."""
+    ev = evidence()
+    ev.class_prob[:] = 0.9
+    ev.area[len(ev.area) // 2 + 5 :, 0, 2] = 0
+    free = search(ev, PLAIN)["classes"]["3"]
+    assert free["min_area"] > 300 and free["min_area_bound"] is None
+    bounded = search(ev, PLAIN, np.array([np.inf, np.inf, 250.0, np.inf]))["classes"]["3"]
+    assert bounded["min_area"] <= 250 and bounded["min_area_bound"] == 250
+    assert bounded["enabled"] and bounded["val_dice"] < free["val_dice"]
+
+
+def test_area_bounds_are_a_quantile_of_each_class_s_true_areas(tmp_path):
+    """Class 1 masks of 100, 200, ... 1000 px: its 10% quantile is 190 px; a class
+    without masks, or no quantile, is not bounded."""
+    rows = [(f"{i}.jpg", 1, f"1 {100 * i}") for i in range(1, 11)]
+    (tmp_path / "raw/train_images").mkdir(parents=True)
+    for i in range(1, 11):
+        cv2.imwrite(str(tmp_path / f"raw/train_images/{i}.jpg"), np.zeros((256, 1600), np.uint8))
+    table = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
+    table.to_csv(tmp_path / "raw/train.csv", index=False)
+    build(tmp_path / "raw/train.csv", tmp_path / "raw/train_images", tmp_path / "masks")
+    cache = MaskCache(tmp_path / "masks")
+    assert area_bounds(cache, 0.1).tolist() == pytest.approx([190, np.inf, np.inf, np.inf])
+    assert np.isinf(area_bounds(cache, None)).all()
 
 
 def test_each_class_gets_its_own_gate():
@@ -516,7 +546,6 @@ def test_each_network_sees_at_prediction_the_pixels_it_trained_on(project, tmp_p
     image equals, pixel for pixel, the training set's sample of that image at that scale."""
     from steelflow import checkpoint
     from steelflow.dataset import SteelDataset, to_tensor
-    from steelflow.masks import MaskCache
     from steelflow.predict import Predictor
 
     config = load(TEST_CONFIG, {"unet.scale": 0.5})
@@ -539,7 +568,6 @@ def test_each_network_sees_at_prediction_the_pixels_it_trained_on(project, tmp_p
 
 
 def test_out_of_fold_evidence_holds_each_validation_image_once_by_its_own_models(project):
-    from steelflow.masks import MaskCache
     from steelflow.predict import Predictor
     from steelflow.tune import out_of_fold
 

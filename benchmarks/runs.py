@@ -99,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     saved = RESULTS / "runs.json"
     results = json.loads(saved.read_text()) if saved.is_file() else {"rows": [], "note": ""}
-    rows = {r["name"]: {"cpu": results.get("cpu"), **r} for r in results["rows"]}
+    rows = {r["name"]: r for r in results["rows"]}
     for spec in args.runs:
         name, _, folder = spec.partition("=")
         rows[name] = row(name, Path(folder))

@@ -104,7 +104,9 @@ class MaskCache:
         """(images, C) true mask areas in pixels, in ``image_ids`` order; 0: no mask."""
         counts = np.bitwise_count(self.bits).sum(axis=1, dtype=np.int64)
         rows = self.index[SLOTS].to_numpy()
-        return np.where(rows >= 0, counts[rows], 0) if len(counts) else np.zeros_like(rows)
+        areas = np.zeros(rows.shape, np.int64)
+        areas[rows >= 0] = counts[rows[rows >= 0]]
+        return areas
 
     def __getitem__(self, image_id: str) -> np.ndarray:
         try:

@@ -37,7 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from common import cpu_name, write_results
+from common import RESULTS, cpu_name, write_results
 from predict import measure
 from train import make_data, network_speeds
 
@@ -160,6 +160,19 @@ def decoding(paths: list[Path], device: torch.device) -> dict:
     return row
 
 
+def keep(results: dict, section: str, value) -> None:
+    """Record one section's figures and save what is measured so far (gpu.json), so that
+    a run cut short by a time limit still leaves its figures."""
+    results[section] = value
+    results.setdefault("seconds", {})[section] = round(time.perf_counter() - START, 1)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "gpu.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"[{results['seconds'][section]:.0f} s] {section} done", flush=True)
+
+
+START = time.perf_counter()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=3000, help="synthetic train images")
@@ -177,15 +190,17 @@ def main() -> None:
         data = work / "data"
         data.mkdir()
         make_data(data, 0, args.train, args.test, os.cpu_count())
-        results["training"] = {n: training(n, config, data, args.batches) for n in TASKS}
+        keep(results, "data", {"test_images": args.test})
+        keep(results, "training", {n: training(n, config, data, args.batches) for n in TASKS})
         models = trained_models(config, data, work)
         thresholds = tuned(config, models, data, work)
+        keep(results, "one_epoch_and_tune", True)
         paths = sorted((data / "raw/test_images").glob("*.jpg"))
         results["test_images"] = len(paths)
-        results["decoding"] = decoding(paths, device)
+        keep(results, "decoding", decoding(paths, device))
         folds = len(config["train"]["folds"])
         batch = config["predict"]["batch_size"]
-        results["prediction"] = {}
+        prediction = {}
         for label, copies, tta in (
             ("one model", 1, "none"),
             (f"{folds} folds, {config['predict']['tta']}", folds, config["predict"]["tta"]),
@@ -193,7 +208,8 @@ def main() -> None:
             predictor = Predictor(
                 [models["classifier"]] * copies, [models["unet"]] * copies, config["train"], tta
             )
-            results["prediction"][label] = measure(predictor, thresholds, paths, batch, repeats=1)
+            prediction[label] = measure(predictor, thresholds, paths, batch, repeats=1)
+            keep(results, "prediction", prediction)
     write_results("gpu", results, markdown(results))
 
 

@@ -12,7 +12,9 @@ run (`make run` first). Writes benchmarks/results/predict.json and predict.md.
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -37,7 +39,8 @@ def measure(
         )
         return sum(bool(text) for _, _, texts in found for text in texts)
 
-    views = [[predictor.read(p) for p in group] for group in batched(paths, batch)]
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        views = [list(pool.map(predictor.read, group)) for group in batched(paths, batch)]
     passed = [
         [
             v

@@ -47,11 +47,6 @@ def normalise(gray: torch.Tensor) -> torch.Tensor:
     return (gray.float() / 255 - MEAN) / STD
 
 
-def to_tensor(gray: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W) to a normalised float (1, H, W) tensor."""
-    return normalise(torch.from_numpy(np.ascontiguousarray(gray)))[None]
-
-
 def split_ids(split_csv: Path, val_fold: int) -> tuple[list[str], list[str]]:
     """(train ImageIds, validation ImageIds) of ``split.csv``."""
     try:
@@ -66,7 +61,9 @@ def split_ids(split_csv: Path, val_fold: int) -> tuple[list[str], list[str]]:
 
 
 class SteelDataset(Dataset):
-    """Train or validation samples: (image, masks (4, h, w), flags (4,)).
+    """Train or validation samples: (image (1, h, w), masks (4, h, w), flags (4,)); image
+    and masks stay uint8, a quarter of float's bytes through the loader's workers, pinned
+    memory and the copy to the device (``train.on_device`` makes them floats there).
 
     ``crop_width`` (pixels at ``scale``) takes a random crop of that width in
     training, centred on a defect pixel with probability ``defect_crop_prob``;
@@ -121,8 +118,8 @@ class SteelDataset(Dataset):
         if self.augment:
             gray, masks = self._augmented(rng, gray, masks)
         return (
-            to_tensor(np.ascontiguousarray(gray)),
-            torch.from_numpy(np.ascontiguousarray(masks)).float(),
+            torch.from_numpy(np.ascontiguousarray(gray))[None],
+            torch.from_numpy(np.ascontiguousarray(masks)),
             self.flags[i],
         )
 

@@ -11,16 +11,19 @@ the classifier calls clean.
 
 ``predict_images`` is the one prediction loop of ``submit``, ``predict``, the
 Kaggle script and the benchmarks, and ``Predictor.batches`` its reader, shared
-with tune's inference pass. Three stages overlap, each in its own thread: the
-next batch is decoded while the networks and the thresholds run on the device
-(only uint8 masks leave it), while the CPU drops small components and
-RLE-encodes the batch before. At most a few batches are in memory, however
-many images there are.
+with tune's inference pass. Three stages overlap: the next batch is decoded
+while the networks and the thresholds run on the device (only uint8 masks leave
+it), while the CPU drops small components and RLE-encodes the batch before.
+Decoding and that last stage spread each batch's images over a thread per core
+(libjpeg, OpenCV and the numba RLE kernels release the GIL): on a GPU one thread
+of each would set the pace. At most a few batches are in memory, however many
+images there are.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +46,7 @@ from steelflow.models import build_classifier, build_unet, image_logits
 
 H, W = rle.SHAPE
 C = len(CLASSES)
+CORES = os.cpu_count() or 1  # threads that decode and RLE-encode
 
 
 def load_network(path: Path, task: str, device: torch.device):
@@ -252,11 +256,12 @@ class Predictor:
     def batches(
         self, names: Iterable[str], read: Callable[[str], Views], batch_size: int
     ) -> Iterator[tuple[list[str], list[Views]]]:
-        """(names, views) of ``names`` in batches, each read by ``read`` in a background
-        thread while the caller runs the networks on the batch before."""
-        return in_background(
-            lambda group: (group, [read(name) for name in group]), batched(names, batch_size)
-        )
+        """(names, views) of ``names`` in batches, each read by ``read`` on every core
+        while the caller runs the networks on the batch before."""
+        with ThreadPoolExecutor(CORES) as pool:
+            yield from in_background(
+                lambda group: (group, list(pool.map(read, group))), batched(names, batch_size)
+            )
 
     def average(self, models: list, x: torch.Tensor, dense: bool) -> torch.Tensor:
         """Mean sigmoid of ``models`` over the flipped views of ``x``, in fp32; a ``dense``
@@ -303,11 +308,18 @@ class Predictor:
 Prediction = tuple[str, np.ndarray, list[str]]  # name, (C, H, W) masks, RLE of each class
 
 
-def _finish(batch: tuple[list[str], np.ndarray, np.ndarray], th: Thresholds) -> list[Prediction]:
-    """The CPU's stage: components dropped, then every mask RLE-encoded."""
+def _finish(
+    batch: tuple[list[str], np.ndarray, np.ndarray], th: Thresholds, pool: ThreadPoolExecutor
+) -> list[Prediction]:
+    """The CPU's stage, an image per thread: components dropped, then every mask
+    RLE-encoded."""
     names, masks, gated = batch
-    masks = drop_components(masks, th, gated)
-    return [(name, m, rle.encode_many(m)) for name, m in zip(names, masks, strict=True)]
+
+    def one(i: int) -> Prediction:
+        found = drop_components(masks[i : i + 1], th, gated[i : i + 1])[0]
+        return names[i], found, rle.encode_many(found)
+
+    return list(pool.map(one, range(len(names))))
 
 
 def predict_images(
@@ -326,8 +338,11 @@ def predict_images(
             yield batch_names, *predictor.thresholded(views, th)
 
     batches = predictor.batches(names, read, batch_size)
-    with tqdm(total=len(names), desc="prediction", unit="img", mininterval=1) as bar:
-        for found in in_background(lambda batch: _finish(batch, th), networks(batches)):
+    with (
+        ThreadPoolExecutor(CORES) as pool,
+        tqdm(total=len(names), desc="prediction", unit="img", mininterval=1) as bar,
+    ):
+        for found in in_background(lambda batch: _finish(batch, th, pool), networks(batches)):
             yield from found
             bar.update(len(found))
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from steelflow import checkpoint, distributed
 from steelflow.atomic import atomic_path
+from steelflow.dataset import normalise
 from steelflow.device import autocast, memory_format, pick_device, pick_precision
 from steelflow.masks import MaskCache
 from steelflow.report import plot_history
@@ -45,6 +46,13 @@ class Progress:
     best: float = -np.inf
 
 
+def on_device(x: torch.Tensor, masks: torch.Tensor, flags: torch.Tensor, device, fmt):
+    """A loader's batch on the device: uint8 images normalised and uint8 masks made float
+    there, after the copy."""
+    x = normalise(x.to(device, non_blocking=True)).contiguous(memory_format=fmt)
+    return x, masks.to(device, non_blocking=True).float(), flags.to(device, non_blocking=True)
+
+
 class Step:
     """One optimisation step: forward in the autocast dtype, loss in fp32, backward, Adam,
     then the learning rate of the next step (``schedule``).
@@ -60,8 +68,8 @@ class Step:
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def __call__(self, x: torch.Tensor, masks: torch.Tensor, flags: torch.Tensor) -> float:
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
-        target = self.task.target(masks, flags).to(self.device, non_blocking=True)
+        x, masks, flags = on_device(x, masks, flags, self.device, self.fmt)
+        target = self.task.target(masks, flags)
         with autocast(self.device, self.dtype):
             logits = self.net(x)
         loss = self.task.loss(logits, target)
@@ -179,9 +187,9 @@ def evaluate(model, loader: DataLoader, task: Task, device, dtype, fmt) -> dict:
     """Validation loss and the task's metrics over the whole validation set."""
     model.eval()
     loss, evidence = 0.0, []
-    for x, masks, flags in loader:
-        x = x.to(device).contiguous(memory_format=fmt)
-        target = task.target(masks, flags).to(device)
+    for batch in loader:
+        x, masks, flags = on_device(*batch, device, fmt)
+        target = task.target(masks, flags)
         with autocast(device, dtype):
             logits = model(x)
         loss += task.loss(logits, target).item() * len(x)

@@ -545,7 +545,7 @@ def test_each_network_sees_at_prediction_the_pixels_it_trained_on(project, tmp_p
     """A classifier at 1/4 and a U-Net at 1/2 scale: each view the predictor makes of an
     image equals, pixel for pixel, the training set's sample of that image at that scale."""
     from steelflow import checkpoint
-    from steelflow.dataset import SteelDataset, to_tensor
+    from steelflow.dataset import SteelDataset
     from steelflow.predict import Predictor
 
     config = load(TEST_CONFIG, {"unet.scale": 0.5})
@@ -563,7 +563,7 @@ def test_each_network_sees_at_prediction_the_pixels_it_trained_on(project, tmp_p
         scale = config[network]["scale"]
         trained_on = SteelDataset(images, cache, ids, scale=scale)
         for i, image in enumerate(ids):
-            seen = to_tensor(predictor.read(images / image)[scale])
+            seen = torch.from_numpy(predictor.read(images / image)[scale])[None]
             assert torch.equal(seen, trained_on[i][0]), f"{network}, {image}"
 
 

@@ -281,6 +281,23 @@ def test_ema_weights_are_validated_saved_and_resumed(data, tmp_path, monkeypatch
     )
 
 
+def test_an_ema_that_keeps_only_the_last_step_validates_as_the_raw_weights(data, tmp_path):
+    """ema_decay near 0: the average is the last step's weights, BatchNorm buffers
+    included, so its validation and checkpoint equal a run without EMA's."""
+    for label, decay in (("raw", 0), ("ema", 1e-9)):
+        train_network(data, tmp_path / label, **{"unet.epochs": 1, "unet.ema_decay": decay})
+    raw, ema = (pd.read_csv(tmp_path / f"{label}/unet.csv") for label in ("raw", "ema"))
+    assert np.isfinite(raw.val_loss).all()
+    assert np.allclose(raw.val_loss, ema.val_loss, rtol=1e-4)
+    assert np.allclose(raw.score, ema.score, atol=1e-4)
+    a, b = (
+        torch.load(tmp_path / f"{label}/unet.pt", weights_only=True) for label in ("raw", "ema")
+    )
+    assert all(
+        torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-5) for k in a["model"]
+    )
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

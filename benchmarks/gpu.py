@@ -163,14 +163,13 @@ def decoding(paths: list[Path], device: torch.device) -> dict:
     return row
 
 
-def keep(results: dict, section: str, value) -> None:
-    """Record one section's figures and save what is measured so far (gpu.json), so that
-    a run cut short by a time limit still leaves its figures."""
-    results[section] = value
-    results.setdefault("seconds", {})[section] = round(time.perf_counter() - START, 1)
+def save(results: dict, done: str) -> None:
+    """Record when ``done`` finished (seconds since the start) and save what is measured
+    so far (gpu.json): a run cut short by a time limit keeps its figures."""
+    results.setdefault("seconds", {})[done] = round(time.perf_counter() - START, 1)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "gpu.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"[{results['seconds'][section]:.0f} s] {section} done", flush=True)
+    print(f"[{results['seconds'][done]:.0f} s] {done} done", flush=True)
 
 
 START = time.perf_counter()
@@ -193,17 +192,19 @@ def main() -> None:
         data = work / "data"
         data.mkdir()
         make_data(data, 0, args.train, args.test, os.cpu_count())
-        keep(results, "data", {"test_images": args.test})
-        keep(results, "training", {n: training(n, config, data, args.batches) for n in TASKS})
-        models = trained_models(config, data, work)
-        thresholds = tuned(config, models, data, work)
-        keep(results, "one_epoch_and_tune", True)
         paths = sorted((data / "raw/test_images").glob("*.jpg"))
         results["test_images"] = len(paths)
-        keep(results, "decoding", decoding(paths, device))
+        save(results, "data")
+        results["training"] = {n: training(n, config, data, args.batches) for n in TASKS}
+        save(results, "training")
+        models = trained_models(config, data, work)
+        thresholds = tuned(config, models, data, work)
+        save(results, "one epoch and tune")
+        results["decoding"] = decoding(paths, device)
+        save(results, "decoding")
         folds = len(config["train"]["folds"])
         batch = config["predict"]["batch_size"]
-        prediction = {}
+        results["prediction"] = {}
         for label, copies, tta in (
             ("one model", 1, "none"),
             (f"{folds} folds, {config['predict']['tta']}", folds, config["predict"]["tta"]),
@@ -211,8 +212,8 @@ def main() -> None:
             predictor = Predictor(
                 [models["classifier"]] * copies, [models["unet"]] * copies, config["train"], tta
             )
-            prediction[label] = measure(predictor, thresholds, paths, batch, repeats=1)
-            keep(results, "prediction", prediction)
+            results["prediction"][label] = measure(predictor, thresholds, paths, batch, repeats=1)
+            save(results, f"prediction, {label}")
     write_results("gpu", results, markdown(results))
 
 

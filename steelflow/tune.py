@@ -153,13 +153,10 @@ def area_bounds(cache: MaskCache, quantile: float | None) -> np.ndarray:
     """(C,) the largest minimum area the search may give each class: the ``quantile``
     of the class's true mask areas over every image of ``cache`` (inf where the class
     has no mask, or ``quantile`` is None)."""
-    areas = cache.areas()
-    return np.array(
-        [
-            np.quantile(a[a > 0], quantile) if quantile is not None and (a > 0).any() else np.inf
-            for a in areas.T
-        ]
-    )
+    if quantile is None:
+        return np.full(len(CLASSES), np.inf)
+    areas = cache.areas().T  # (C, images)
+    return np.array([np.quantile(a[a > 0], quantile) if a.any() else np.inf for a in areas])
 
 
 def search(ev: Evidence, cfg: dict, bounds: np.ndarray | None = None) -> dict:

@@ -221,14 +221,16 @@ def search(ev: Evidence, cfg: dict, bounds: np.ndarray | None = None) -> dict:
 def plot_search(ev: Evidence, cfg: dict, result: dict, path: Path) -> None:
     """Per class: validation Dice against pixel threshold, one line per minimum area
     (at the chosen non-overlap rule, and the class's chosen gate and minimum component
-    area)."""
+    area; a class switched off without a gate, so its curves show what the U-Net alone
+    would score)."""
     o = cfg["non_overlap"].index(result["non_overlap"])
     fig, axes = plt.subplots(1, len(CLASSES), figsize=(17, 3.8), sharey=False)
     shown = sorted({0, *cfg["min_areas"][:: max(1, len(cfg["min_areas"]) // 4)]})
     for ax, cls in zip(axes, CLASSES, strict=True):
         k, chosen = cls - 1, result["classes"][str(cls)]
         c = cfg["min_component_areas"].index(chosen["min_component_area"])
-        table = class_dice(ev, o, k, [chosen["gate"]], cfg["min_areas"])[0, :, :, c]  # (T, A)
+        gate = chosen["gate"] if chosen["enabled"] else 0.0
+        table = class_dice(ev, o, k, [gate], cfg["min_areas"])[0, :, :, c]  # (T, A)
         for a, area in enumerate(cfg["min_areas"]):
             if area in shown or area == chosen["min_area"]:
                 style = "-" if area == chosen["min_area"] else ":"
@@ -236,9 +238,9 @@ def plot_search(ev: Evidence, cfg: dict, result: dict, path: Path) -> None:
         ax.axhline(chosen["val_dice_empty"], color="gray", linestyle="--", label="always empty")
         if chosen["enabled"]:
             ax.plot(chosen["threshold"], chosen["val_dice"], "o", color="black")
-        state = "on" if chosen["enabled"] else "off"
+        state = f"on, gate {gate:.2f}" if chosen["enabled"] else "off (curves without a gate)"
         ax.set_title(
-            f"class {cls}: {state}, gate {chosen['gate']:.2f}, {chosen['support']} val images",
+            f"class {cls}: {state}, {chosen['support']} val images",
             color=class_colour(cls),
             fontsize=10,
         )

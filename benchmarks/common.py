@@ -37,9 +37,14 @@ def cpu_name() -> str:
     return f"{model}, {os.cpu_count()} cores, {isa}, {bf16}"
 
 
-def write_results(name: str, results: dict, markdown: str) -> None:
-    """Write results/<name>.json and results/<name>.md, and print the Markdown."""
+def write_json(name: str, results: dict) -> None:
+    """Write results/<name>.json."""
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def write_results(name: str, results: dict, markdown: str) -> None:
+    """Write results/<name>.json and results/<name>.md, and print the Markdown."""
+    write_json(name, results)
     (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)

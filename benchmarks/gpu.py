@@ -40,7 +40,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from common import RESULTS, cpu_name, write_results
+from common import cpu_name, write_json, write_results
 from predict import measure
 from train import make_data, network_speeds
 
@@ -167,8 +167,7 @@ def save(results: dict, done: str) -> None:
     """Record when ``done`` finished (seconds since the start) and save what is measured
     so far (gpu.json): a run cut short by a time limit keeps its figures."""
     results.setdefault("seconds", {})[done] = round(time.perf_counter() - START, 1)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "gpu.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json("gpu", results)
     print(f"[{results['seconds'][done]:.0f} s] {done} done", flush=True)
 
 

@@ -27,6 +27,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: what Slurm, a container or ``taskset`` grant
+    (its CPU affinity), not every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows: no affinity to ask
+        return os.cpu_count() or 1
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX)."""
     try:

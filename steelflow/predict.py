@@ -23,7 +23,6 @@ images there are.
 from __future__ import annotations
 
 import json
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,13 +39,13 @@ from tqdm import tqdm
 
 from steelflow import checkpoint, rle
 from steelflow.dataset import decode_gray, normalise
-from steelflow.device import autocast, memory_format, pick_device, pick_precision
+from steelflow.device import autocast, memory_format, pick_device, pick_precision, usable_cores
 from steelflow.io import CLASSES
 from steelflow.models import build_classifier, build_unet, image_logits
 
 H, W = rle.SHAPE
 C = len(CLASSES)
-CORES = os.cpu_count() or 1  # threads that decode and RLE-encode
+CORES = usable_cores()  # threads that decode and RLE-encode
 
 
 def load_network(path: Path, task: str, device: torch.device):

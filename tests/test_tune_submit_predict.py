@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -583,3 +584,19 @@ def test_out_of_fold_evidence_holds_each_validation_image_once_by_its_own_models
     for image, prob in zip(ev.image_ids, ev.class_prob, strict=True):
         own = predictors[fold_of[image]].class_prob([predictors[0].read(images / image)])
         assert prob == pytest.approx(own[0], abs=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_prediction_threads_follow_the_cores_granted_not_the_machines():
+    """Under Slurm or ``taskset`` a job may use fewer cores than the machine has: the
+    decoding and RLE threads are sized by the process's CPU affinity."""
+    import subprocess
+    import sys
+
+    granted = sorted(os.sched_getaffinity(0))[:1]
+    code = (
+        f"import os; os.sched_setaffinity(0, {granted}); "
+        "import steelflow.predict as p; print(p.CORES)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"

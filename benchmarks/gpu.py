@@ -8,13 +8,14 @@ weights: the speed is the same):
 1. A synthetic data set in the Kaggle layout: --train images, and --test test
    images (5,506, as many as Kaggle's test set); its mask cache and folds.
 2. Per network at configs/kaggle.yaml settings (full resolution, bf16 where the
-   GPU has it, channels_last, 8 loader workers): images/s of the data pipeline
-   alone, of the model step alone and of real training steps; of validation;
-   peak GPU memory; and from these the estimated time of the config's epochs on
-   Kaggle's 12,568 train images, per fold.
+   GPU has it, channels_last, 8 loader workers): images/s of the images' one
+   decoding pass, of the data pipeline alone, of the model step alone and of real
+   training steps; of validation; peak GPU memory; and from these the estimated
+   time of the config's epochs on Kaggle's 12,568 train images, per fold.
 3. One epoch of each network (fold 0) and tune on its validation fold; then the
    test images end to end (JPEG files in, RLE out) against the forward passes
-   alone, with one model and as the Kaggle config predicts (every fold's models,
+   alone, and against the device's and the CPU's parts of prediction each alone
+   (``predict.measure``), with one model and as the Kaggle config predicts (every fold's models,
    flip TTA: the fold-0 models stand in for the others), every image through
    both networks (every class on, no gate: the slowest case); and JPEG decoding by
    libjpeg in the loader against nvJPEG on the GPU.
@@ -76,13 +77,18 @@ def training(name: str, config: dict, data: Path, batches: int) -> dict:
     """Speeds of one network at the config's settings, and its estimated epochs."""
     task = TASKS[name](config, 0)
     device = pick_device(config["train"]["device"])
+    decoded = data / f"decoded_{name}"
+    decoded.mkdir()
+    start = time.perf_counter()
     loader, val_loader = train.make_loaders(
-        task, data / "raw/train_images", data / "masks", data / "split.csv", device
+        task, data / "raw/train_images", data / "masks", data / "split.csv", device, decoded
     )
+    decode_seconds = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     row = network_speeds(task, loader, device, {"config": config["train"]["precision"]}, batches)
     row["peak_gpu_mb"] = peak_gpu_mb(device)
+    row["decode_once_images_per_s"] = len(loader.dataset.images.rows) / decode_seconds
     dtype = pick_precision(config["train"]["precision"], device)
     fmt = memory_format(config["train"]["channels_last"])
     model = task.model().to(device, memory_format=fmt)
@@ -238,15 +244,21 @@ def markdown(r: dict) -> str:
         )
     lines += [
         "",
+        "Decoding the train images once per training, images/s: "
+        + ", ".join(
+            f"{name} {t['decode_once_images_per_s']:.0f}" for name, t in r["training"].items()
+        ),
+        "",
         f"Prediction of {r['test_images']} test images (JPEG files in, RLE out):",
         "",
-        "| models | forward passes alone, images/s | end to end, images/s | end to end / "
-        "forward | end to end | images past the gate |",
-        "|---|---|---|---|---|---|",
+        "| models | forward passes alone, images/s | device's part alone | CPU's part alone "
+        "| end to end, images/s | end to end / forward | end to end | images past the gate |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, p in r["prediction"].items():
         lines.append(
-            f"| {label} | {p['images_per_s_forward']:.1f} | {p['images_per_s_end_to_end']:.1f} "
+            f"| {label} | {p['images_per_s_forward']:.1f} | {p['images_per_s_device_part']:.1f} "
+            f"| {p['images_per_s_cpu_part']:.1f} | {p['images_per_s_end_to_end']:.1f} "
             f"| {p['ratio']:.2f} | {p['seconds_end_to_end']:.1f} s | {p['past_gate']} |"
         )
     d = r["decoding"]

@@ -3,8 +3,12 @@
 End to end: JPEG decode, classifier, U-Net on the images past the gate,
 upsampling, thresholds and areas, RLE encoding. Forward alone: the same
 classifier and U-Net calls on tensors already in memory (the same images past
-the gate). Both in fp32 and bf16, on the test images and models of a default
-run (`make run` first). Writes benchmarks/results/predict.json and predict.md.
+the gate). End to end overlaps two parts, each also timed alone: the device's
+(``Predictor.thresholded`` on images already decoded: the networks, upsampling,
+thresholds, masks back to the CPU) and the CPU's (decoding, components, RLE,
+with the device's outputs replayed). Both in fp32 and bf16, on the test images
+and models of a default run (`make run` first). Writes
+benchmarks/results/predict.json and predict.md.
 
     python benchmarks/predict.py [--images 96]
 """
@@ -17,6 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from common import cpu_name, write_results
 
@@ -26,16 +31,32 @@ from steelflow.predict import Predictor, Thresholds, batched, predict_images
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class Replay:
+    """A predictor whose device answers at once: ``outputs`` (``thresholded``'s, one per
+    batch, in order) replayed as copies; what is left to time is the CPU's part."""
+
+    def __init__(self, predictor: Predictor, outputs: list[tuple[np.ndarray, np.ndarray]]):
+        self.predictor, self.outputs = predictor, iter(outputs)
+
+    def batches(self, *args):
+        return self.predictor.batches(*args)
+
+    def thresholded(self, views, thresholds) -> tuple[np.ndarray, np.ndarray]:
+        masks, gated = next(self.outputs)
+        return masks.copy(), gated
+
+
 def measure(
-    predictor: Predictor, thresholds: Thresholds, paths: list[Path], batch: int, repeats: int = 2
+    predictor: Predictor, thresholds: Thresholds, paths: list[Path], batch: int, repeats: int = 3
 ) -> dict:
-    """Images/s end to end and of the forward passes alone, best of ``repeats`` each."""
+    """Images/s end to end, of the forward passes alone, and of the device's and the
+    CPU's parts of prediction alone; best of ``repeats`` each."""
     folder = paths[0].parent
 
-    def end_to_end(names: list[str]) -> int:
+    def end_to_end(names: list[str], device=predictor) -> int:
         """The prediction loop of submit and predict: files in, RLE out."""
         found = predict_images(
-            predictor, thresholds, names, lambda n: predictor.read(folder / n), batch
+            device, thresholds, names, lambda n: predictor.read(folder / n), batch
         )
         return sum(bool(text) for _, _, texts in found for text in texts)
 
@@ -67,18 +88,38 @@ def measure(
         if predictor.device.type == "cuda":
             torch.cuda.synchronize()
 
+    def device_part(views: list) -> list:
+        outputs = [predictor.thresholded(group, thresholds) for group in views]
+        if predictor.device.type == "cuda":
+            torch.cuda.synchronize()
+        return outputs
+
     names = [p.name for p in paths]
     forward_only(inputs[:4]), end_to_end(names[: 4 * batch])  # warm-up
     times = {}
     for _ in range(repeats):
-        for name, fn, arg in (("forward", forward_only, inputs), ("end_to_end", end_to_end, names)):
+        parts = (
+            ("forward", forward_only, inputs),
+            ("device_part", device_part, views),
+            ("end_to_end", end_to_end, names),
+        )
+        for name, fn, arg in parts:
             start = time.perf_counter()
-            found = fn(arg)
+            done = fn(arg)
             times.setdefault(name, []).append(time.perf_counter() - start)
+            if name == "device_part":
+                outputs = done
+            if name == "end_to_end":
+                found = done
+        start = time.perf_counter()
+        end_to_end(names, Replay(predictor, outputs))
+        times.setdefault("cpu_part", []).append(time.perf_counter() - start)
     n = len(paths)
     row = {name: n / min(t) for name, t in times.items()}
     return {
         "images_per_s_forward": row["forward"],
+        "images_per_s_device_part": row["device_part"],
+        "images_per_s_cpu_part": row["cpu_part"],
         "images_per_s_end_to_end": row["end_to_end"],
         "ratio": row["end_to_end"] / row["forward"],
         "seconds_end_to_end": min(times["end_to_end"]),
@@ -122,13 +163,14 @@ def markdown(results: dict) -> str:
         f"Prediction speed on {results['images']} test images ({results['device']}, batch "
         f"{results['batch']}), images/s, one run:",
         "",
-        "| precision | forward passes alone | end to end | end to end / forward | "
-        "images past the gate |",
-        "|---|---|---|---|---|",
+        "| precision | forward passes alone | device's part alone | CPU's part alone | "
+        "end to end | end to end / forward | images past the gate |",
+        "|---|---|---|---|---|---|---|",
     ]
     for precision, r in results["runs"].items():
         lines.append(
             f"| {precision} | {r['images_per_s_forward']:.1f} | "
+            f"{r['images_per_s_device_part']:.1f} | {r['images_per_s_cpu_part']:.1f} | "
             f"{r['images_per_s_end_to_end']:.1f} | {r['ratio']:.2f} | {r['past_gate']} |"
         )
     return "\n".join(lines) + "\n"

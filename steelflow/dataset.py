@@ -1,12 +1,14 @@
 """Datasets for training: train images, cached masks and folds, with augmentation.
 
 Images are read gray and, at ``scale`` 1/2 or 1/4, decoded straight at that size
-by libjpeg. Random choices depend only on (seed, epoch, index), so an epoch is
-the same with any number of loader workers, and after a resume.
+by libjpeg, once per training (``DecodedImages``). Random choices depend only on
+(seed, epoch, index), so an epoch is the same with any number of loader workers,
+and after a resume.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -14,8 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
 
+from steelflow.device import usable_cores
 from steelflow.masks import MaskCache
+from steelflow.rle import SHAPE
 
 _REDUCED = {
     1.0: cv2.IMREAD_GRAYSCALE,
@@ -60,10 +65,55 @@ def split_ids(split_csv: Path, val_fold: int) -> tuple[list[str], list[str]]:
         ) from None
 
 
+class DecodedImages:
+    """Images decoded once, at ``scale``, into a uint8 array file in ``folder``: the
+    epochs then read pixels instead of decoding JPEGs, which is most of a sample's
+    time. Loader workers map the same file (pickled, this is its path, not its pixels).
+    """
+
+    def __init__(self, images_dir: Path, image_ids: list[str], scale: float, folder: Path):
+        self.scale = scale
+        self.rows = {image_id: row for row, image_id in enumerate(image_ids)}
+        self.path = Path(folder) / f"images_{scale}.npy"
+        size = (round(SHAPE[0] * scale), round(SHAPE[1] * scale))
+        pixels = np.lib.format.open_memmap(
+            self.path, mode="w+", dtype=np.uint8, shape=(len(image_ids), *size)
+        )
+
+        def decode(row: int) -> None:
+            path = Path(images_dir) / image_ids[row]
+            gray = read_gray(path, scale)
+            if gray.shape != size:
+                raise ValueError(
+                    f"{path}: {gray.shape[1]}x{gray.shape[0]} pixels at scale {scale}, "
+                    f"expected {size[1]}x{size[0]} (train images are {SHAPE[1]}x{SHAPE[0]})"
+                )
+            pixels[row] = gray
+
+        with ThreadPoolExecutor(usable_cores()) as pool:  # libjpeg frees the GIL
+            done = pool.map(decode, range(len(image_ids)))
+            bar = tqdm(done, desc="decoding images", total=len(image_ids), unit="img")
+            for _ in bar:
+                pass
+        pixels.flush()
+        self.pixels = np.load(self.path, mmap_mode="r")
+
+    def __getitem__(self, image_id: str) -> np.ndarray:
+        """A copy of the image's (h, w) uint8 pixels at ``scale``."""
+        return np.array(self.pixels[self.rows[image_id]])
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "pixels"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__ = state | {"pixels": np.load(state["path"], mmap_mode="r")}
+
+
 class SteelDataset(Dataset):
-    """Train or validation samples: (image (1, h, w), masks (4, h, w), flags (4,)); image
-    and masks stay uint8, a quarter of float's bytes through the loader's workers, pinned
-    memory and the copy to the device (``train.on_device`` makes them floats there).
+    """Train or validation samples of ``image_ids``, their pixels from ``images`` (at its
+    scale): (image (1, h, w), masks (4, h, w), flags (4,)); image and masks stay uint8,
+    a quarter of float's bytes through the loader's workers, pinned memory and the copy
+    to the device (``train.on_device`` makes them floats there).
 
     ``crop_width`` (pixels at ``scale``) takes a random crop of that width in
     training, centred on a defect pixel with probability ``defect_crop_prob``;
@@ -73,20 +123,19 @@ class SteelDataset(Dataset):
 
     def __init__(
         self,
-        images_dir: Path,
+        images: DecodedImages,
         cache: MaskCache,
         image_ids: list[str],
         *,
-        scale: float,
         crop_width: int | None = None,
         defect_crop_prob: float = 0.0,
         augment: dict | None = None,
         seed: int = 0,
     ):
-        self.images_dir = Path(images_dir)
+        self.images = images
         self.cache = cache
         self.image_ids = image_ids
-        self.scale = scale
+        self.scale = images.scale
         self.crop_width = crop_width
         self.defect_crop_prob = defect_crop_prob
         self.augment = augment
@@ -109,7 +158,7 @@ class SteelDataset(Dataset):
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         image_id = self.image_ids[i]
-        gray = read_gray(self.images_dir / image_id, self.scale)
+        gray = self.images[image_id]
         masks = self._masks(image_id)
         if self.crop_width and self.crop_width < gray.shape[1]:
             x = self._crop_start(rng, masks, gray.shape[1])

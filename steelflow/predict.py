@@ -125,25 +125,55 @@ def drop_small_components(mask: np.ndarray, minimum: int) -> np.ndarray:
         return mask
     labels, areas = components(mask)
     keep = areas >= minimum
+    if keep[1:].all():
+        return mask  # nothing to drop
     keep[0] = False
-    return keep[labels].view(np.uint8)
+    return np.take(keep, labels).view(np.uint8)  # take frees the GIL; keep[labels] holds it
+
+
+def upsample(prob: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) probabilities at full size, (N, C, H, W): bilinear, as in training."""
+    if prob.shape[-2:] == (H, W):
+        return prob
+    return F.interpolate(prob, size=(H, W), mode="bilinear", align_corners=False)
+
+
+# Bilinear upsampling gives each pixel a weighted mean of its neighbours, so nothing
+# above their peak but float rounding, far below this margin.
+PEAK_MARGIN = 1e-4
 
 
 def threshold(prob: torch.Tensor, th: Thresholds, gated: np.ndarray) -> np.ndarray:
-    """The device's part of ``postprocess``: (N, C, H, W) probabilities to uint8 masks on
-    the CPU. Optionally only the most probable class per pixel; then per class the
-    pixels above its threshold, emptied unless gated, and, for classes without a
-    component minimum, unless the mask has the class's minimum area."""
-    if th.non_overlap:
-        prob = exclusive(prob)
+    """The device's part of ``postprocess``: (N, C, h, w) probabilities (at the U-Net's
+    output size, or full size) to (N, C, H, W) uint8 masks on the CPU. Optionally only
+    the most probable class per pixel; then per class the pixels above its threshold,
+    emptied unless gated, and, for classes without a component minimum, unless the mask
+    has the class's minimum area.
+
+    Only the gated classes whose peak probability reaches their threshold are upsampled
+    and thresholded: the others are empty whatever upsampling does (with the
+    non-overlap rule, every class of an image with such a class is upsampled)."""
     device = prob.device
-    above = prob > torch.tensor(th.pixel, dtype=prob.dtype, device=device).view(1, C, 1, 1)
-    masks = above.view(torch.uint8)
-    area = masks.sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)  # a row fits int16
-    keep = torch.from_numpy(gated).to(device)
-    has_components = torch.tensor([m > 0 for m in th.min_component], device=device)
-    keep &= has_components | (area >= torch.tensor(th.min_area, device=device))
-    return (masks * keep[:, :, None, None].to(torch.uint8)).cpu().numpy()
+    pixel = torch.tensor(th.pixel, dtype=prob.dtype, device=device)
+    peak = prob.amax(dim=(-2, -1))
+    candidate = torch.from_numpy(gated).to(device) & (peak > pixel - PEAK_MARGIN)
+    if th.non_overlap:
+        images = candidate.any(dim=1).nonzero()[:, 0]
+        pairs = candidate[images].nonzero()
+        full = exclusive(upsample(prob[images]))[pairs[:, 0], pairs[:, 1]]
+        pairs[:, 0] = images[pairs[:, 0]]
+    else:
+        pairs = candidate.nonzero()
+        full = upsample(prob[pairs[:, 0], pairs[:, 1]][:, None])[:, 0]
+    k = pairs[:, 1]
+    above = full > pixel[k].view(-1, 1, 1)
+    area = above.sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)  # a row fits int16
+    has_components = torch.tensor([m > 0 for m in th.min_component], device=device)[k]
+    keep = has_components | (area >= torch.tensor(th.min_area, device=device)[k])
+    masks = np.zeros((len(prob), C, H, W), np.uint8)
+    image, cls = pairs.cpu().numpy().T
+    masks[image, cls] = (above & keep.view(-1, 1, 1)).view(torch.uint8).cpu().numpy()
+    return masks
 
 
 def drop_components(masks: np.ndarray, th: Thresholds, gated: np.ndarray) -> np.ndarray:
@@ -285,13 +315,12 @@ class Predictor:
         return self.average(self.classifiers, x, dense=False).expand(-1, C).cpu().numpy()
 
     @torch.no_grad()
-    def mask_prob(self, views: list[Views]) -> torch.Tensor:
-        """U-Net probabilities at full size, (N, C, H, W) on the device."""
+    def mask_prob(self, views: list[Views], full_size: bool = True) -> torch.Tensor:
+        """U-Net probabilities, (N, C, H, W) on the device; without ``full_size`` at the
+        size the U-Net gives them (``threshold`` upsamples what it needs)."""
         x = self.prepare([v[self.unet_cfg["scale"]] for v in views])
         prob = self.average(self.unets, x, dense=True)
-        if prob.shape[-2:] != (H, W):
-            prob = F.interpolate(prob, size=(H, W), mode="bilinear", align_corners=False)
-        return prob
+        return upsample(prob) if full_size else prob
 
     def thresholded(self, views: list[Views], th: Thresholds) -> tuple[np.ndarray, np.ndarray]:
         """``threshold``'s (N, C, H, W) uint8 masks and the (N, C) gated classes; the
@@ -300,7 +329,8 @@ class Predictor:
         passed = np.flatnonzero(gated.any(axis=1))
         masks = np.zeros((len(views), C, H, W), np.uint8)
         if len(passed):
-            masks[passed] = threshold(self.mask_prob([views[i] for i in passed]), th, gated[passed])
+            prob = self.mask_prob([views[i] for i in passed], full_size=False)
+            masks[passed] = threshold(prob, th, gated[passed])
         return masks, gated
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 
 from steelflow import checkpoint
-from steelflow.dataset import BalancedSampler, SteelDataset, split_ids
+from steelflow.dataset import BalancedSampler, DecodedImages, SteelDataset, split_ids
 from steelflow.io import CLASSES
 from steelflow.losses import segmentation_loss
 from steelflow.masks import MaskCache
@@ -68,15 +68,22 @@ class Task:
         return image_ids
 
     def datasets(
-        self, images: Path, cache: MaskCache, split: Path
+        self, images: Path, cache: MaskCache, split: Path, decoded: Path
     ) -> tuple[SteelDataset, SteelDataset]:
+        """Train and validation sets of the fold, their images decoded into ``decoded``
+        (a folder that must outlive them)."""
         train_ids, val_ids = split_ids(split, self.fold)
-        common = {"scale": self.cfg["scale"], "seed": self.seed}
+        val_ids = self.validation_ids(val_ids, cache)
+        pixels = DecodedImages(images, train_ids + val_ids, self.cfg["scale"], decoded)
         train = SteelDataset(
-            images, cache, train_ids, augment=self.config["augment"], **self.train_crop(), **common
+            pixels,
+            cache,
+            train_ids,
+            augment=self.config["augment"],
+            seed=self.seed,
+            **self.train_crop(),
         )
-        val = SteelDataset(images, cache, self.validation_ids(val_ids, cache), **common)
-        return train, val
+        return train, SteelDataset(pixels, cache, val_ids, seed=self.seed)
 
 
 class ClassifierTask(Task):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,10 +86,13 @@ class Step:
         return loss.item()
 
 
-def make_loaders(task: Task, images: Path, masks: Path, split: Path, device: torch.device):
-    """Train and validation loaders; the train order depends only on (seed, epoch)."""
+def make_loaders(
+    task: Task, images: Path, masks: Path, split: Path, device: torch.device, decoded: Path
+):
+    """Train and validation loaders, their images decoded into the folder ``decoded``
+    (``Task.datasets``); the train order depends only on (seed, epoch)."""
     config, cfg = task.config, task.cfg
-    train_set, val_set = task.datasets(images, MaskCache(masks), split)
+    train_set, val_set = task.datasets(images, MaskCache(masks), split, decoded)
     rank, world = distributed.rank_and_world()
     sampler = task.train_sampler(train_set, rank, world)
     if sampler is None and world > 1:
@@ -241,10 +245,30 @@ def run(
     """Train network ``name`` on every fold but ``fold``, which validates. ``outputs``
     holds the paths ``out`` (best checkpoint), ``history`` (CSV) and ``curves`` (PNG);
     ``start`` the checkpoint whose encoder it starts from (``pretrained: unet``).
-    Returns the best validation row; None in the processes other than the main one."""
+    The images are decoded once into a temporary folder (``tempfile``'s: $TMPDIR),
+    removed at the end. Returns the best validation row; None in the processes other
+    than the main one."""
     distributed.setup()
     task = TASKS[name](config, fold, start)
-    cfg, train_cfg = task.cfg, config["train"]
+    with tempfile.TemporaryDirectory(prefix="steelflow-images-") as decoded:
+        loaders = make_loaders(
+            task, images, masks, split, pick_device(config["train"]["device"]), Path(decoded)
+        )
+        progress = fit(task, *loaders, outputs, resume)
+    main = distributed.is_main()  # before teardown, after which every process looks like rank 0
+    distributed.teardown()
+    if not main:
+        return None  # the main process reports
+    checkpoint.last_path(outputs["out"]).unlink(missing_ok=True)  # finished: a rerun starts afresh
+    return max(progress.history, key=lambda r: r["score"]) if progress.history else {}
+
+
+def fit(
+    task: Task, train_loader: DataLoader, val_loader: DataLoader, outputs: dict, resume: bool
+) -> Progress:
+    """The epochs of ``task`` from scratch or, with ``resume``, from its last checkpoint;
+    the main process validates and saves after each (``save_epoch``)."""
+    cfg, train_cfg = task.cfg, task.config["train"]
     torch.manual_seed(task.seed)
     device = pick_device(train_cfg["device"])
     dtype = pick_precision(train_cfg["precision"], device)
@@ -252,7 +276,6 @@ def run(
 
     model = task.model().to(device, memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    train_loader, val_loader = make_loaders(task, images, masks, split, device)
     schedule = lr_schedule(optimizer, cfg, len(train_loader))
     ema = (
         AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=True)
@@ -276,15 +299,10 @@ def run(
             row["train_images_per_s"] = len(train_loader.dataset) / seconds
             progress.epoch, progress.history = epoch + 1, [*progress.history, row]
             print(
-                f"{name} epoch {epoch + 1}: "
+                f"{task.name} epoch {epoch + 1}: "
                 + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
                 flush=True,
             )
             save_epoch(outputs, parts, task, progress, metrics, recipe)
         distributed.barrier()
-    main = distributed.is_main()  # before teardown, after which every process looks like rank 0
-    distributed.teardown()
-    if not main:
-        return None  # the main process reports
-    last.unlink(missing_ok=True)  # finished: a rerun starts afresh
-    return max(progress.history, key=lambda r: r["score"]) if progress.history else {}
+    return progress

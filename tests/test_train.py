@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch.utils.data import DataLoader
 from torchvision import models
 
 from steelflow import train
 from steelflow.cli import main
 from steelflow.config import load
-from steelflow.dataset import split_ids
+from steelflow.dataset import DecodedImages, SteelDataset, read_gray, split_ids
 from steelflow.masks import MaskCache, build
 from steelflow.models import WeightsError, backbone, build_classifier, build_unet, image_logits
 from steelflow.tasks import ClassifierTask, UNetTask
@@ -66,8 +69,11 @@ def unet(data, tmp_path_factory) -> Path:
     return out / "unet.pt"
 
 
-def test_unet_trains_and_its_checkpoint_loads_for_prediction(data, tmp_path):
+def test_unet_trains_and_its_checkpoint_loads_for_prediction(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
+    (tmp_path / "temp").mkdir()
     best = train_network(data, tmp_path)
+    assert not list((tmp_path / "temp").iterdir())  # the decoded images are gone
     assert set(best) >= {"score", "val_loss", "dice_defect_3", "pooled_dice_3"}
     assert 0 <= best["score"] <= 1
     history = pd.read_csv(tmp_path / "unet.csv")
@@ -80,6 +86,36 @@ def test_unet_trains_and_its_checkpoint_loads_for_prediction(data, tmp_path):
     model.load_state_dict(state["model"])
     with torch.no_grad():
         assert model.eval()(torch.zeros(1, 1, 64, 400)).shape == (1, 4, 64, 400)
+
+
+def test_images_are_decoded_once_and_every_loader_worker_maps_them(data, tmp_path):
+    images, cache = data / "raw/train_images", MaskCache(data / "masks")
+    ids = cache.image_ids
+    decoded = DecodedImages(images, ids, 0.5, tmp_path)
+    for image in ids:
+        assert np.array_equal(decoded[image], read_gray(images / image, 0.5))
+    assert len(pickle.dumps(decoded)) < 10_000  # a worker gets the file's path, not pixels
+    augment = {"hflip": True, "vflip": True, "brightness": 0.1, "contrast": 0.1}
+    samples = SteelDataset(decoded, cache, ids, crop_width=96, augment=augment, seed=3)
+    batches = [
+        list(DataLoader(samples, batch_size=8, num_workers=workers, **context))
+        for workers, context in ((0, {}), (2, {"multiprocessing_context": "spawn"}))
+    ]
+    for alone, spawned in zip(*batches, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(alone, spawned, strict=True))
+
+
+def test_a_train_image_of_another_size_is_named(data, tmp_path):
+    import cv2
+
+    ids = MaskCache(data / "masks").image_ids[:3]
+    for image in ids:
+        gray = read_gray(data / "raw/train_images" / image, 1.0)
+        cv2.imwrite(str(tmp_path / image), gray if image != ids[1] else gray[:, :800])
+    with pytest.raises(
+        ValueError, match=rf"{ids[1]}: 400x128 pixels at scale 0.5, expected 800x128"
+    ):
+        DecodedImages(tmp_path, ids, 0.5, tmp_path)
 
 
 @pytest.mark.parametrize(("head", "labels"), [("multilabel", 4), ("binary", 1)])
@@ -332,14 +368,17 @@ def test_pos_weight_counts_each_class_defect_pixels_as_torch_does():
     assert torch.allclose(plain[2:], expected[2:]) and (plain[:2] < expected[:2]).all()
 
 
-def test_the_unet_validates_the_images_with_a_defect_and_the_classifier_all(data):
+def test_the_unet_validates_the_images_with_a_defect_and_the_classifier_all(data, tmp_path):
     config, cache = tiny_config(), MaskCache(data / "masks")
     val_ids = split_ids(data / "split.csv", 0)[1]
     defective = cache.classes().loc[val_ids].any(axis=1)
     assert defective.any() and not defective.all()  # the tiny fold has both kinds
     images = data / "raw/train_images"
-    _, unet_val = UNetTask(config, 0).datasets(images, cache, data / "split.csv")
-    _, classifier_val = ClassifierTask(config, 0).datasets(images, cache, data / "split.csv")
+    (tmp_path / "unet").mkdir(), (tmp_path / "classifier").mkdir()
+    _, unet_val = UNetTask(config, 0).datasets(images, cache, data / "split.csv", tmp_path / "unet")
+    _, classifier_val = ClassifierTask(config, 0).datasets(
+        images, cache, data / "split.csv", tmp_path / "classifier"
+    )
     assert unet_val.image_ids == [i for i in val_ids if defective[i]]
     assert classifier_val.image_ids == val_ids
 

@@ -361,6 +361,29 @@ def test_postprocess_keeps_the_most_probable_class_and_drops_small_components():
     assert off.gated(np.array([[0.4, 0.5, 0.9, 0.9]])).tolist() == [[False, True, True, False]]
 
 
+@pytest.mark.parametrize("non_overlap", [False, True])
+def test_thresholds_on_the_unets_output_size_upsample_only_what_can_pass(non_overlap):
+    """Low-resolution probabilities give the masks of upsampling every class first,
+    though classes whose peak is below their threshold, or not gated, are skipped."""
+    from steelflow.predict import threshold, upsample
+
+    gen = torch.Generator().manual_seed(2)
+    low = torch.nn.functional.avg_pool2d(torch.rand(3, 4, 68, 404, generator=gen), 5, 1)
+    low[:, 1] *= 0.4  # class 2 peaks below its threshold in every image
+    pixel = [0.55, 0.3, 0.5, 0.52]
+    th = Thresholds(non_overlap, [True] * 4, [0.5] * 4, pixel, [0, 0, 5000, 0], [0, 0, 0, 5])
+    gated = np.array([[True, True, True, True], [True, False, True, False], [False, True] * 2])
+    full = upsample(low)
+    if non_overlap:
+        full = full * (full == full.amax(dim=1, keepdim=True))
+    above = full > torch.tensor(pixel).view(1, 4, 1, 1)
+    area = above.sum(dim=(-2, -1))
+    by_area = (area >= torch.tensor(th.min_area)) | torch.tensor([m > 0 for m in th.min_component])
+    expected = (above & (torch.from_numpy(gated) & by_area)[..., None, None]).numpy()
+    assert expected.any(axis=(2, 3)).sum() >= 3  # masks to find
+    assert np.array_equal(threshold(low, th, gated), expected.astype(np.uint8))
+
+
 def test_in_background_keeps_order_works_one_item_ahead_and_passes_errors_on():
     import threading
 
@@ -546,7 +569,7 @@ def test_each_network_sees_at_prediction_the_pixels_it_trained_on(project, tmp_p
     """A classifier at 1/4 and a U-Net at 1/2 scale: each view the predictor makes of an
     image equals, pixel for pixel, the training set's sample of that image at that scale."""
     from steelflow import checkpoint
-    from steelflow.dataset import SteelDataset
+    from steelflow.dataset import DecodedImages, SteelDataset
     from steelflow.predict import Predictor
 
     config = load(TEST_CONFIG, {"unet.scale": 0.5})
@@ -562,7 +585,8 @@ def test_each_network_sees_at_prediction_the_pixels_it_trained_on(project, tmp_p
     images = project / "raw/train_images"
     for network in ("classifier", "unet"):
         scale = config[network]["scale"]
-        trained_on = SteelDataset(images, cache, ids, scale=scale)
+        decoded = DecodedImages(images, ids, scale, tmp_path)
+        trained_on = SteelDataset(decoded, cache, ids)
         for i, image in enumerate(ids):
             seen = torch.from_numpy(predictor.read(images / image)[scale])[None]
             assert torch.equal(seen, trained_on[i][0]), f"{network}, {image}"

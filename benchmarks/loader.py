@@ -71,11 +71,14 @@ def measure(name: str, config: dict, data: Path, batches: int) -> dict:
     )
     size = task.cfg["batch_size"]
     sample = train[0][0]
+    speeds = {"each_sample": [], "decoded_once": []}
+    for _ in range(3):  # alternated, the best of each: the machine's noise hits both
+        speeds["each_sample"].append(images_per_s(each, size, batches))
+        speeds["decoded_once"].append(images_per_s(train, size, batches))
     return {
         "input": "x".join(map(str, sample.shape[-2:])),
         "batch_size": size,
-        "each_sample": images_per_s(each, size, batches),
-        "decoded_once": images_per_s(train, size, batches),
+        **{mode: max(values) for mode, values in speeds.items()},
         "decode_pass_images": len(train.images.rows),
         "decode_pass_seconds": decode_seconds,
     }
@@ -99,7 +102,8 @@ def main() -> None:
 
 def markdown(results: dict) -> str:
     lines = [
-        f"Training data pipeline, images/s of one loader process ({results['machine']}), one run:",
+        f"Training data pipeline, images/s of one loader process ({results['machine']}), "
+        "best of three alternated runs:",
         "",
         "| config, network | sample | batch | JPEG decoded at every sample | decoded once "
         "| speed-up | the one decoding pass |",

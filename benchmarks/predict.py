@@ -161,7 +161,7 @@ def main() -> None:
 def markdown(results: dict) -> str:
     lines = [
         f"Prediction speed on {results['images']} test images ({results['device']}, batch "
-        f"{results['batch']}), images/s, one run:",
+        f"{results['batch']}), images/s, best of three alternated runs:",
         "",
         "| precision | forward passes alone | device's part alone | CPU's part alone | "
         "end to end | end to end / forward | images past the gate |",

@@ -14,16 +14,18 @@ weights: the speed is the same):
    time of the config's epochs on Kaggle's 12,568 train images, per fold.
 3. One epoch of each network (fold 0) and tune on its validation fold; then the
    test images end to end (JPEG files in, RLE out) against the forward passes
-   alone, and against the device's and the CPU's parts of prediction each alone
-   (``predict.measure``), with one model and as the Kaggle config predicts (every fold's models,
+   alone (and, with one model, against the device's and the CPU's parts of
+   prediction each alone: ``predict.measure``), with one model and as the Kaggle
+   config predicts (every fold's models,
    flip TTA: the fold-0 models stand in for the others), every image through
    both networks (every class on, no gate: the slowest case); and JPEG decoding by
    libjpeg in the loader against nvJPEG on the GPU.
 
 Writes benchmarks/results/gpu.json after each section (a run cut short keeps
-what it measured) and gpu.md at the end. On an H200 the defaults take about 7
+what it measured) and gpu.md at the end. On an H200 the defaults took about 7
 minutes, ``--train 1000 --batches 20`` about 4.5 (the five-fold prediction is
-the last 2.5). On a CPU, ``--device cpu --train 60 --test 24 --batches 2``
+the last 2.5), before the two parts of prediction were timed alone (about 30 s
+more, an estimate). On a CPU, ``--device cpu --train 60 --test 24 --batches 2``
 checks the script in a few minutes.
 """
 
@@ -77,18 +79,16 @@ def training(name: str, config: dict, data: Path, batches: int) -> dict:
     """Speeds of one network at the config's settings, and its estimated epochs."""
     task = TASKS[name](config, 0)
     device = pick_device(config["train"]["device"])
-    decoded = data / f"decoded_{name}"
-    decoded.mkdir()
     start = time.perf_counter()
     loader, val_loader = train.make_loaders(
-        task, data / "raw/train_images", data / "masks", data / "split.csv", device, decoded
+        task, data / "raw/train_images", data / "masks", data / "split.csv", device, data
     )
     decode_seconds = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     row = network_speeds(task, loader, device, {"config": config["train"]["precision"]}, batches)
     row["peak_gpu_mb"] = peak_gpu_mb(device)
-    row["decode_once_images_per_s"] = len(loader.dataset.images.rows) / decode_seconds
+    row["decode_once_images_per_s"] = len(loader.dataset.decoded.rows) / decode_seconds
     dtype = pick_precision(config["train"]["precision"], device)
     fmt = memory_format(config["train"]["channels_last"])
     model = task.model().to(device, memory_format=fmt)
@@ -217,9 +217,15 @@ def main() -> None:
             predictor = Predictor(
                 [models["classifier"]] * copies, [models["unet"]] * copies, config["train"], tta
             )
-            results["prediction"][label] = measure(predictor, thresholds, paths, batch, repeats=1)
+            results["prediction"][label] = measure(
+                predictor, thresholds, paths, batch, repeats=1, parts=copies == 1
+            )
             save(results, f"prediction, {label}")
     write_results("gpu", results, markdown(results))
+
+
+def figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def markdown(r: dict) -> str:
@@ -257,8 +263,9 @@ def markdown(r: dict) -> str:
     ]
     for label, p in r["prediction"].items():
         lines.append(
-            f"| {label} | {p['images_per_s_forward']:.1f} | {p['images_per_s_device_part']:.1f} "
-            f"| {p['images_per_s_cpu_part']:.1f} | {p['images_per_s_end_to_end']:.1f} "
+            f"| {label} | {p['images_per_s_forward']:.1f} "
+            f"| {figure(p['images_per_s_device_part'])} | {figure(p['images_per_s_cpu_part'])} "
+            f"| {p['images_per_s_end_to_end']:.1f} "
             f"| {p['ratio']:.2f} | {p['seconds_end_to_end']:.1f} s | {p['past_gate']} |"
         )
     d = r["decoding"]

@@ -54,11 +54,9 @@ def images_per_s(dataset: SteelDataset, batch_size: int, batches: int) -> float:
 
 def measure(name: str, config: dict, data: Path, batches: int) -> dict:
     task = TASKS[name](config, 0)
-    decoded = data / f"decoded_{name}_{task.cfg['scale']}"
-    decoded.mkdir(exist_ok=True)
     start = time.perf_counter()
     train, _ = task.datasets(
-        data / "raw/train_images", MaskCache(data / "masks"), data / "split.csv", decoded
+        data / "raw/train_images", MaskCache(data / "masks"), data / "split.csv", data
     )
     decode_seconds = time.perf_counter() - start
     each = SteelDataset(
@@ -79,7 +77,7 @@ def measure(name: str, config: dict, data: Path, batches: int) -> dict:
         "input": "x".join(map(str, sample.shape[-2:])),
         "batch_size": size,
         **{mode: max(values) for mode, values in speeds.items()},
-        "decode_pass_images": len(train.images.rows),
+        "decode_pass_images": len(train.decoded.rows),
         "decode_pass_seconds": decode_seconds,
     }
 

@@ -88,10 +88,8 @@ def measure(name: str, folder: str, batches: int, queue) -> None:
     config = load(ROOT / "config.yaml", {"classifier.pretrained": "none"})  # speed: any weights
     task = TASKS[name](config, 0)
     torch.manual_seed(0)
-    decoded = folder / f"decoded_{name}"
-    decoded.mkdir()
     dataset, _ = task.datasets(
-        folder / "raw/train_images", MaskCache(folder / "masks"), folder / "split.csv", decoded
+        folder / "raw/train_images", MaskCache(folder / "masks"), folder / "split.csv", folder
     )
     loader = DataLoader(
         dataset,

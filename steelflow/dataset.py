@@ -8,6 +8,8 @@ and after a resume.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from steelflow.device import usable_cores
+from steelflow.distributed import is_main
 from steelflow.masks import MaskCache
 from steelflow.rle import SHAPE
 
@@ -66,15 +69,18 @@ def split_ids(split_csv: Path, val_fold: int) -> tuple[list[str], list[str]]:
 
 
 class DecodedImages:
-    """Images decoded once, at ``scale``, into a uint8 array file in ``folder``: the
-    epochs then read pixels instead of decoding JPEGs, which is most of a sample's
-    time. Loader workers map the same file (pickled, this is its path, not its pixels).
+    """Images decoded once, at ``scale``, into a uint8 array file of its own in
+    ``folder``: the epochs then read pixels instead of decoding JPEGs, which is most of
+    a sample's time. Loader workers map the same file (pickled, this is its path, not
+    its pixels).
     """
 
     def __init__(self, images_dir: Path, image_ids: list[str], scale: float, folder: Path):
         self.scale = scale
         self.rows = {image_id: row for row, image_id in enumerate(image_ids)}
-        self.path = Path(folder) / f"images_{scale}.npy"
+        handle, path = tempfile.mkstemp(prefix=f"images_{scale}_", suffix=".npy", dir=folder)
+        os.close(handle)
+        self.path = Path(path)
         size = (round(SHAPE[0] * scale), round(SHAPE[1] * scale))
         pixels = np.lib.format.open_memmap(
             self.path, mode="w+", dtype=np.uint8, shape=(len(image_ids), *size)
@@ -90,11 +96,14 @@ class DecodedImages:
                 )
             pixels[row] = gray
 
-        with ThreadPoolExecutor(usable_cores()) as pool:  # libjpeg frees the GIL
-            done = pool.map(decode, range(len(image_ids)))
-            bar = tqdm(done, desc="decoding images", total=len(image_ids), unit="img")
-            for _ in bar:
-                pass
+        bar = tqdm(desc="decoding images", total=len(image_ids), unit="img", disable=not is_main())
+        with bar, ThreadPoolExecutor(usable_cores()) as pool:  # libjpeg frees the GIL
+            try:
+                for _ in pool.map(decode, range(len(image_ids))):
+                    bar.update()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # the first error stops the decoding
+                raise
         pixels.flush()
         self.pixels = np.load(self.path, mmap_mode="r")
 
@@ -110,8 +119,8 @@ class DecodedImages:
 
 
 class SteelDataset(Dataset):
-    """Train or validation samples of ``image_ids``, their pixels from ``images`` (at its
-    scale): (image (1, h, w), masks (4, h, w), flags (4,)); image and masks stay uint8,
+    """Train or validation samples of ``image_ids``, their pixels from ``decoded`` (at
+    its scale): (image (1, h, w), masks (4, h, w), flags (4,)); image and masks stay uint8,
     a quarter of float's bytes through the loader's workers, pinned memory and the copy
     to the device (``train.on_device`` makes them floats there).
 
@@ -123,7 +132,7 @@ class SteelDataset(Dataset):
 
     def __init__(
         self,
-        images: DecodedImages,
+        decoded: DecodedImages,
         cache: MaskCache,
         image_ids: list[str],
         *,
@@ -132,10 +141,10 @@ class SteelDataset(Dataset):
         augment: dict | None = None,
         seed: int = 0,
     ):
-        self.images = images
+        self.decoded = decoded
         self.cache = cache
         self.image_ids = image_ids
-        self.scale = images.scale
+        self.scale = decoded.scale
         self.crop_width = crop_width
         self.defect_crop_prob = defect_crop_prob
         self.augment = augment
@@ -158,7 +167,7 @@ class SteelDataset(Dataset):
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         image_id = self.image_ids[i]
-        gray = self.images[image_id]
+        gray = self.decoded[image_id]
         masks = self._masks(image_id)
         if self.crop_width and self.crop_width < gray.shape[1]:
             x = self._crop_start(rng, masks, gray.shape[1])

@@ -2,8 +2,9 @@
 
 Each network sees an image exactly as it saw images in training: decoded by
 libjpeg straight at the network's scale (``dataset.decode_gray``). The U-Net's
-probabilities come at full size (256x1600), averaged over the models of every
-trained fold and the flipped views of test-time augmentation. The tuned
+probabilities are averaged over the models of every trained fold and the
+flipped views of test-time augmentation, and upsampled to full size (256x1600)
+where a class can pass its threshold. The tuned
 post-processing then keeps, per class, the pixels above the class's threshold
 (optionally only where the class is the most probable), drops components and
 masks smaller than the class's minimums, and empties every class of an image
@@ -132,10 +133,12 @@ def drop_small_components(mask: np.ndarray, minimum: int) -> np.ndarray:
 
 
 def upsample(prob: torch.Tensor) -> torch.Tensor:
-    """(N, C, h, w) probabilities at full size, (N, C, H, W): bilinear, as in training."""
+    """(N, C, h, w) probabilities at full size, (N, C, H, W): bilinear, as in training.
+    Always from a contiguous tensor: the channels_last kernel rounds differently, and
+    every class of an image is upsampled the same way, alone or with the others."""
     if prob.shape[-2:] == (H, W):
         return prob
-    return F.interpolate(prob, size=(H, W), mode="bilinear", align_corners=False)
+    return F.interpolate(prob.contiguous(), size=(H, W), mode="bilinear", align_corners=False)
 
 
 # Bilinear upsampling gives each pixel a weighted mean of its neighbours, so nothing
@@ -189,8 +192,9 @@ def drop_components(masks: np.ndarray, th: Thresholds, gated: np.ndarray) -> np.
 
 
 def postprocess(prob: torch.Tensor, th: Thresholds, gated: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) probabilities to (N, C, H, W) uint8 masks; ``gated`` (N, C) says
-    which classes of each image are on and past their gate (``Thresholds.gated``)."""
+    """(N, C, h, w) probabilities (any size; ``threshold`` upsamples them) to
+    (N, C, H, W) uint8 masks; ``gated`` (N, C) says which classes of each image are on
+    and past their gate (``Thresholds.gated``)."""
     return drop_components(threshold(prob, th, gated), th, gated)
 
 

@@ -68,22 +68,22 @@ class Task:
         return image_ids
 
     def datasets(
-        self, images: Path, cache: MaskCache, split: Path, decoded: Path
+        self, images: Path, cache: MaskCache, split: Path, scratch: Path
     ) -> tuple[SteelDataset, SteelDataset]:
-        """Train and validation sets of the fold, their images decoded into ``decoded``
-        (a folder that must outlive them)."""
+        """Train and validation sets of the fold, the images of ``images`` decoded into
+        the folder ``scratch`` (which must outlive the sets)."""
         train_ids, val_ids = split_ids(split, self.fold)
         val_ids = self.validation_ids(val_ids, cache)
-        pixels = DecodedImages(images, train_ids + val_ids, self.cfg["scale"], decoded)
+        decoded = DecodedImages(images, train_ids + val_ids, self.cfg["scale"], scratch)
         train = SteelDataset(
-            pixels,
+            decoded,
             cache,
             train_ids,
             augment=self.config["augment"],
             seed=self.seed,
             **self.train_crop(),
         )
-        return train, SteelDataset(pixels, cache, val_ids, seed=self.seed)
+        return train, SteelDataset(decoded, cache, val_ids, seed=self.seed)
 
 
 class ClassifierTask(Task):

@@ -9,10 +9,14 @@ torchrun it runs DistributedDataParallel; only the main process validates and wr
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,12 +91,12 @@ class Step:
 
 
 def make_loaders(
-    task: Task, images: Path, masks: Path, split: Path, device: torch.device, decoded: Path
+    task: Task, images: Path, masks: Path, split: Path, device: torch.device, scratch: Path
 ):
-    """Train and validation loaders, their images decoded into the folder ``decoded``
+    """Train and validation loaders, their images decoded into the folder ``scratch``
     (``Task.datasets``); the train order depends only on (seed, epoch)."""
     config, cfg = task.config, task.cfg
-    train_set, val_set = task.datasets(images, MaskCache(masks), split, decoded)
+    train_set, val_set = task.datasets(images, MaskCache(masks), split, scratch)
     rank, world = distributed.rank_and_world()
     sampler = task.train_sampler(train_set, rank, world)
     if sampler is None and world > 1:
@@ -231,6 +235,22 @@ def save_epoch(
     plot_history(history, task.name, paths["curves"])
 
 
+@contextmanager
+def scratch_folder(out: Path) -> Iterator[Path]:
+    """An empty folder for the decoded images of the training that writes ``out``:
+    under $TMPDIR (Snakemake sets it from ``resources.tmpdir``), named after ``out`` and
+    the process's rank, so a rerun clears what a killed run left; removed at the end."""
+    rank, _ = distributed.rank_and_world()
+    digest = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"steelflow-images-{digest}-rank{rank}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def run(
     name: str,
     fold: int,
@@ -245,16 +265,15 @@ def run(
     """Train network ``name`` on every fold but ``fold``, which validates. ``outputs``
     holds the paths ``out`` (best checkpoint), ``history`` (CSV) and ``curves`` (PNG);
     ``start`` the checkpoint whose encoder it starts from (``pretrained: unet``).
-    The images are decoded once into a temporary folder (``tempfile``'s: $TMPDIR),
-    removed at the end. Returns the best validation row; None in the processes other
-    than the main one."""
+    The images are decoded once into ``scratch_folder``. Returns the best validation
+    row; None in the processes other than the main one."""
     distributed.setup()
     task = TASKS[name](config, fold, start)
-    with tempfile.TemporaryDirectory(prefix="steelflow-images-") as decoded:
-        loaders = make_loaders(
-            task, images, masks, split, pick_device(config["train"]["device"]), Path(decoded)
-        )
+    with scratch_folder(outputs["out"]) as scratch:
+        device = pick_device(config["train"]["device"])
+        loaders = make_loaders(task, images, masks, split, device, scratch)
         progress = fit(task, *loaders, outputs, resume)
+        del loaders  # their workers map files of the folder
     main = distributed.is_main()  # before teardown, after which every process looks like rank 0
     distributed.teardown()
     if not main:

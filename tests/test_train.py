@@ -105,6 +105,18 @@ def test_images_are_decoded_once_and_every_loader_worker_maps_them(data, tmp_pat
         assert all(torch.equal(a, b) for a, b in zip(alone, spawned, strict=True))
 
 
+def test_a_rerun_clears_the_decoded_images_a_killed_run_left(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    killed = train.scratch_folder(tmp_path / "models/unet_f0.pt")
+    left = killed.__enter__()  # never left: the process was killed
+    (left / "images_0.5_x.npy").write_bytes(b"stale")
+    with train.scratch_folder(tmp_path / "models/unet_f0.pt") as again:
+        assert again == left and not any(again.iterdir())
+        with train.scratch_folder(tmp_path / "models/unet_f1.pt") as other:
+            assert other != again  # another training's folder
+    assert not left.exists() and not other.exists()
+
+
 def test_a_train_image_of_another_size_is_named(data, tmp_path):
     import cv2
 

@@ -363,25 +363,29 @@ def test_postprocess_keeps_the_most_probable_class_and_drops_small_components():
 
 @pytest.mark.parametrize("non_overlap", [False, True])
 def test_thresholds_on_the_unets_output_size_upsample_only_what_can_pass(non_overlap):
-    """Low-resolution probabilities give the masks of upsampling every class first,
-    though classes whose peak is below their threshold, or not gated, are skipped."""
-    from steelflow.predict import threshold, upsample
+    """Low-resolution probabilities (channels_last, as the U-Net gives them) give the
+    masks of upsampling every class first, though classes whose peak is below their
+    threshold, or not gated, are skipped."""
+    from steelflow.predict import threshold
 
     gen = torch.Generator().manual_seed(2)
-    low = torch.nn.functional.avg_pool2d(torch.rand(3, 4, 68, 404, generator=gen), 5, 1)
+    low = torch.nn.functional.avg_pool2d(torch.rand(4, 4, 68, 404, generator=gen), 5, 1)
     low[:, 1] *= 0.4  # class 2 peaks below its threshold in every image
+    low[1] *= 0.5  # image 2: nothing reaches a threshold
+    low = low.contiguous(memory_format=torch.channels_last)
     pixel = [0.55, 0.3, 0.5, 0.52]
     th = Thresholds(non_overlap, [True] * 4, [0.5] * 4, pixel, [0, 0, 5000, 0], [0, 0, 0, 5])
-    gated = np.array([[True, True, True, True], [True, False, True, False], [False, True] * 2])
-    full = upsample(low)
+    gated = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 1, 0], [0, 1, 0, 1]], bool)
+    full = torch.nn.functional.interpolate(low.contiguous(), size=(256, 1600), mode="bilinear")
     if non_overlap:
         full = full * (full == full.amax(dim=1, keepdim=True))
     above = full > torch.tensor(pixel).view(1, 4, 1, 1)
     area = above.sum(dim=(-2, -1))
     by_area = (area >= torch.tensor(th.min_area)) | torch.tensor([m > 0 for m in th.min_component])
     expected = (above & (torch.from_numpy(gated) & by_area)[..., None, None]).numpy()
-    assert expected.any(axis=(2, 3)).sum() >= 3  # masks to find
+    assert expected.any(axis=(2, 3)).sum() >= 3 and not expected[1].any()  # masks to find
     assert np.array_equal(threshold(low, th, gated), expected.astype(np.uint8))
+    assert not threshold(low[1:2], th, gated[1:2]).any()  # a batch where nothing can pass
 
 
 def test_in_background_keeps_order_works_one_item_ahead_and_passes_errors_on():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import cpu_name, write_results
 from torch.utils.data import DataLoader
-from train import endless, make_data
+from train import endless, images_per_s, make_data
 
 from steelflow.config import load
 from steelflow.dataset import SteelDataset, read_gray
@@ -43,13 +43,10 @@ class EachSample:
         return read_gray(self.images_dir / image_id, self.scale)
 
 
-def images_per_s(dataset: SteelDataset, batch_size: int, batches: int) -> float:
-    loader = endless(DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0))
-    next(loader)  # warm-up
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(loader)
-    return batches * batch_size / (time.perf_counter() - start)
+def loader_speed(dataset: SteelDataset, batch_size: int, batches: int) -> float:
+    """Images/s of one loader process reading ``dataset``'s batches."""
+    stream = endless(DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0))
+    return images_per_s(lambda: next(stream), batches, batch_size)
 
 
 def measure(name: str, config: dict, data: Path, batches: int) -> dict:
@@ -71,8 +68,8 @@ def measure(name: str, config: dict, data: Path, batches: int) -> dict:
     sample = train[0][0]
     speeds = {"each_sample": [], "decoded_once": []}
     for _ in range(3):  # alternated, the best of each: the machine's noise hits both
-        speeds["each_sample"].append(images_per_s(each, size, batches))
-        speeds["decoded_once"].append(images_per_s(train, size, batches))
+        speeds["each_sample"].append(loader_speed(each, size, batches))
+        speeds["decoded_once"].append(loader_speed(train, size, batches))
     return {
         "input": "x".join(map(str, sample.shape[-2:])),
         "batch_size": size,

@@ -59,10 +59,10 @@ def measure(
     kept for the replay: 1.6 MB each); best of ``repeats`` each."""
     folder = paths[0].parent
 
-    def end_to_end(names: list[str], device=predictor) -> int:
+    def end_to_end(names: list[str], runner=predictor) -> int:
         """The prediction loop of submit and predict: files in, RLE out."""
         found = predict_images(
-            device, thresholds, names, lambda n: predictor.read(folder / n), batch
+            runner, thresholds, names, lambda n: predictor.read(folder / n), batch
         )
         return sum(bool(text) for _, _, texts in found for text in texts)
 

@@ -151,11 +151,21 @@ def threshold(prob: torch.Tensor, th: Thresholds, gated: np.ndarray) -> np.ndarr
     output size, or full size) to (N, C, H, W) uint8 masks on the CPU. Optionally only
     the most probable class per pixel; then per class the pixels above its threshold,
     emptied unless gated, and, for classes without a component minimum, unless the mask
-    has the class's minimum area.
+    has the class's minimum area (``threshold_pairs`` does it)."""
+    masks = np.zeros((len(prob), C, H, W), np.uint8)
+    image, cls, found = threshold_pairs(prob, th, gated)
+    masks[image, cls] = found
+    return masks
 
-    Only the gated classes whose peak probability reaches their threshold are upsampled
-    and thresholded: the others are empty whatever upsampling does (with the
-    non-overlap rule, every class of an image with such a class is upsampled)."""
+
+def threshold_pairs(
+    prob: torch.Tensor, th: Thresholds, gated: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``threshold``'s masks that can be non-empty, as (image, class) indices and their
+    (M, H, W) uint8 masks: only the gated classes whose peak probability reaches their
+    threshold are upsampled and thresholded; the others are empty whatever upsampling
+    does (with the non-overlap rule, every class of an image with such a class is
+    upsampled)."""
     device = prob.device
     pixel = torch.tensor(th.pixel, dtype=prob.dtype, device=device)
     peak = prob.amax(dim=(-2, -1))
@@ -173,10 +183,8 @@ def threshold(prob: torch.Tensor, th: Thresholds, gated: np.ndarray) -> np.ndarr
     area = above.sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)  # a row fits int16
     has_components = torch.tensor([m > 0 for m in th.min_component], device=device)[k]
     keep = has_components | (area >= torch.tensor(th.min_area, device=device)[k])
-    masks = np.zeros((len(prob), C, H, W), np.uint8)
     image, cls = pairs.cpu().numpy().T
-    masks[image, cls] = (above & keep.view(-1, 1, 1)).view(torch.uint8).cpu().numpy()
-    return masks
+    return image, cls, (above & keep.view(-1, 1, 1)).view(torch.uint8).cpu().numpy()
 
 
 def drop_components(masks: np.ndarray, th: Thresholds, gated: np.ndarray) -> np.ndarray:
@@ -334,7 +342,8 @@ class Predictor:
         masks = np.zeros((len(views), C, H, W), np.uint8)
         if len(passed):
             prob = self.mask_prob([views[i] for i in passed], full_size=False)
-            masks[passed] = threshold(prob, th, gated[passed])
+            image, cls, found = threshold_pairs(prob, th, gated[passed])
+            masks[passed[image], cls] = found
         return masks, gated
 
 

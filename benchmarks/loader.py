@@ -7,7 +7,7 @@ decodes its JPEG (as before ``DecodedImages``) and when the images were decoded
 once; and the time of that one decoding pass over the fold's images. Writes
 benchmarks/results/loader.json and loader.md.
 
-    python benchmarks/loader.py [--images 1000] [--batches 20]
+    python benchmarks/loader.py [--images 1000] [--batches 100]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from train import endless, images_per_s, make_data
 
 from steelflow.config import load
-from steelflow.dataset import SteelDataset, read_gray
+from steelflow.dataset import SteelDataset, at_scale, read_gray
 from steelflow.masks import MaskCache
 from steelflow.tasks import TASKS
 
@@ -40,7 +40,7 @@ class EachSample:
         self.images_dir, self.scale = images_dir, scale
 
     def __getitem__(self, image_id: str):
-        return read_gray(self.images_dir / image_id, self.scale)
+        return at_scale(read_gray(self.images_dir / image_id), self.scale)
 
 
 def loader_speed(dataset: SteelDataset, batch_size: int, batches: int) -> float:
@@ -82,7 +82,7 @@ def measure(name: str, config: dict, data: Path, batches: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="synthetic train images")
-    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batches", type=int, default=100)
     args = parser.parse_args()
     results = {"machine": cpu_name(), "rows": {}}
     with tempfile.TemporaryDirectory() as folder:

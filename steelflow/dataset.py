@@ -1,9 +1,9 @@
 """Datasets for training: train images, cached masks and folds, with augmentation.
 
-Images are read gray and, at ``scale`` 1/2 or 1/4, decoded straight at that size
-by libjpeg, once per training (``DecodedImages``). Random choices depend only on
-(seed, epoch, index), so an epoch is the same with any number of loader workers,
-and after a resume.
+Images are decoded gray at full size and area-resized to the network's ``scale``,
+once per training (``DecodedImages``); prediction reads them the same way. Random
+choices depend only on (seed, epoch, index), so an epoch is the same with any
+number of loader workers, and after a resume.
 """
 
 from __future__ import annotations
@@ -25,29 +25,30 @@ from steelflow.distributed import is_main
 from steelflow.masks import MaskCache
 from steelflow.rle import SHAPE
 
-_REDUCED = {
-    1.0: cv2.IMREAD_GRAYSCALE,
-    0.5: cv2.IMREAD_REDUCED_GRAYSCALE_2,
-    0.25: cv2.IMREAD_REDUCED_GRAYSCALE_4,
-}
 MEAN, STD = 0.4, 0.2  # gray levels / 255 of steel, roughly; inputs are (x - MEAN) / STD
 
 
-def decode_gray(data: np.ndarray, scale: float, name: str | Path) -> np.ndarray:
-    """Decode an image file's bytes as uint8 gray at ``scale`` (1, 0.5 or 0.25) of its size.
-
-    libjpeg decodes a JPEG straight at 1/2 or 1/4 size; training and prediction
-    both read images through here, so a network sees the same pixels in both.
-    """
-    image = cv2.imdecode(data, _REDUCED[scale]) if data.size else None
+def decode_gray(data: np.ndarray, name: str | Path) -> np.ndarray:
+    """Decode an image file's bytes as uint8 gray, at its own size."""
+    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
     if image is None:
         raise ValueError(f"{name}: not a readable image")
     return image
 
 
-def read_gray(path: Path, scale: float) -> np.ndarray:
-    """Read an image file as uint8 gray at ``scale`` of its size (see ``decode_gray``)."""
-    return decode_gray(np.fromfile(path, np.uint8), scale, path)
+def read_gray(path: Path) -> np.ndarray:
+    """Read an image file as uint8 gray, at its own size."""
+    return decode_gray(np.fromfile(path, np.uint8), path)
+
+
+def at_scale(gray: np.ndarray, scale: float) -> np.ndarray:
+    """A gray image (any size) as a network of ``scale`` takes it: area-resized to
+    ``scale`` of 1600x256. Training and prediction both go through here, so a network
+    sees the same pixels in both, and one decode serves every scale."""
+    size = (round(SHAPE[1] * scale), round(SHAPE[0] * scale))
+    if gray.shape == size[::-1]:
+        return gray
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
 
 
 def normalise(gray: torch.Tensor) -> torch.Tensor:
@@ -88,13 +89,13 @@ class DecodedImages:
 
         def decode(row: int) -> None:
             path = Path(images_dir) / image_ids[row]
-            gray = read_gray(path, scale)
-            if gray.shape != size:
+            gray = read_gray(path)
+            if gray.shape != SHAPE:
                 raise ValueError(
-                    f"{path}: {gray.shape[1]}x{gray.shape[0]} pixels at scale {scale}, "
-                    f"expected {size[1]}x{size[0]} (train images are {SHAPE[1]}x{SHAPE[0]})"
+                    f"{path}: {gray.shape[1]}x{gray.shape[0]} pixels, "
+                    f"expected {SHAPE[1]}x{SHAPE[0]} (the train images' size)"
                 )
-            pixels[row] = gray
+            pixels[row] = at_scale(gray, scale)
 
         bar = tqdm(desc="decoding images", total=len(image_ids), unit="img", disable=not is_main())
         with bar, ThreadPoolExecutor(usable_cores()) as pool:  # libjpeg frees the GIL

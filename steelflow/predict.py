@@ -1,7 +1,7 @@
 """Inference with both networks, and the post-processing that turns it into masks.
 
-Each network sees an image exactly as it saw images in training: decoded by
-libjpeg straight at the network's scale (``dataset.decode_gray``). The U-Net's
+Each network sees an image exactly as it saw images in training: decoded once at
+full size and area-resized to the network's scale (``dataset.at_scale``). The U-Net's
 probabilities are averaged over the models of every trained fold and the
 flipped views of test-time augmentation, and upsampled to full size (256x1600)
 where a class can pass its threshold. The tuned
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from steelflow import checkpoint, rle
-from steelflow.dataset import decode_gray, normalise
+from steelflow.dataset import at_scale, normalise, read_gray
 from steelflow.device import autocast, memory_format, pick_device, pick_precision, usable_cores
 from steelflow.io import CLASSES
 from steelflow.models import build_classifier, build_unet, image_logits
@@ -276,16 +276,12 @@ class Predictor:
         return {self.classifier_cfg["scale"], self.unet_cfg["scale"]}
 
     def read(self, path: Path) -> Views:
-        """The image file at each network's scale, decoded as the training set decodes it."""
-        data = np.fromfile(path, np.uint8)
-        return {scale: decode_gray(data, scale, path) for scale in self.scales}
+        """The image file at each network's scale: decoded once, resized as in training."""
+        return self.views_of(read_gray(path))
 
     def views_of(self, gray: np.ndarray) -> Views:
-        """An image already decoded (any size) at each network's scale, by area resizing."""
-        return {
-            s: cv2.resize(gray, (round(W * s), round(H * s)), interpolation=cv2.INTER_AREA)
-            for s in self.scales
-        }
+        """An image already decoded (any size) at each network's scale (``at_scale``)."""
+        return {scale: at_scale(gray, scale) for scale in self.scales}
 
     def prepare(self, grays: list[np.ndarray]) -> torch.Tensor:
         """A normalised (N, 1, h, w) batch on the device: uint8 is what crosses to it."""
@@ -308,16 +304,18 @@ class Predictor:
         """Mean sigmoid of ``models`` over the flipped views of ``x``, in fp32; a ``dense``
         (per-pixel) output is flipped back before it is averaged, a classifier's map of
         cells is reduced to its image logits."""
-        total = 0
+        total, views = None, len(models) * len(self.flips)
         for model in models:
             for dims in self.flips:
                 with autocast(self.device, self.dtype):
-                    logits = model(x.flip(dims) if dims else x).float()
-                if not dense:
-                    logits = image_logits(logits)
-                prob = torch.sigmoid(logits)
-                total = total + (prob.flip(dims) if dense and dims else prob)
-        return total / (len(models) * len(self.flips))
+                    logits = model(x.flip(dims) if dims else x)
+                # fp32 in the standard layout: on channels_last, the peak per class that
+                # ``threshold_pairs`` takes is 40x slower on the CPU
+                logits = logits.to(torch.float32, memory_format=torch.contiguous_format)
+                prob = (logits if dense else image_logits(logits)).sigmoid_()
+                prob = prob.flip(dims) if dense and dims else prob
+                total = prob if total is None else total.add_(prob)
+        return total.div_(views) if views > 1 else total
 
     @torch.no_grad()
     def class_prob(self, views: list[Views]) -> np.ndarray:
@@ -452,10 +450,10 @@ def predict_folder(
     """Masks for every image of ``folder``: ``out``/predictions.csv and, with
     ``overlays``, one overlay PNG per image.
 
-    Images are streamed, a batch at a time. An image of 1600x256 is decoded as
-    in training; one of another size is area-resized for the networks and its
-    masks resized back (nearest neighbour), so the RLE refers to the image's own
-    size. Returns the predictions table (ImageId_ClassId, EncodedPixels).
+    Images are streamed, a batch at a time, and resized for the networks as in
+    training; an image of another size than 1600x256 has its masks resized back
+    (nearest neighbour), so the RLE refers to the image's own size. Returns the
+    predictions table (ImageId_ClassId, EncodedPixels).
     """
     import pandas as pd
 
@@ -467,10 +465,9 @@ def predict_folder(
 
     def read(name: str) -> Views:
         gray = read_user_image(folder / name)
-        standard = gray.shape == (H, W)
-        if overlays or not standard:
+        if overlays or gray.shape != (H, W):
             kept[name] = gray
-        return predictor.read(folder / name) if standard else predictor.views_of(gray)
+        return predictor.views_of(gray)
 
     rows = []
     with atomic_dir(out) as tmp:

@@ -20,7 +20,7 @@ from torchvision import models
 from steelflow import train
 from steelflow.cli import main
 from steelflow.config import load
-from steelflow.dataset import DecodedImages, SteelDataset, read_gray, split_ids
+from steelflow.dataset import DecodedImages, SteelDataset, at_scale, read_gray, split_ids
 from steelflow.masks import MaskCache, build
 from steelflow.models import WeightsError, backbone, build_classifier, build_unet, image_logits
 from steelflow.tasks import ClassifierTask, UNetTask
@@ -93,7 +93,7 @@ def test_images_are_decoded_once_and_every_loader_worker_maps_them(data, tmp_pat
     ids = cache.image_ids
     decoded = DecodedImages(images, ids, 0.5, tmp_path)
     for image in ids:
-        assert np.array_equal(decoded[image], read_gray(images / image, 0.5))
+        assert np.array_equal(decoded[image], at_scale(read_gray(images / image), 0.5))
     assert len(pickle.dumps(decoded)) < 10_000  # a worker gets the file's path, not pixels
     augment = {"hflip": True, "vflip": True, "brightness": 0.1, "contrast": 0.1}
     samples = SteelDataset(decoded, cache, ids, crop_width=96, augment=augment, seed=3)
@@ -122,11 +122,9 @@ def test_a_train_image_of_another_size_is_named(data, tmp_path):
 
     ids = MaskCache(data / "masks").image_ids[:3]
     for image in ids:
-        gray = read_gray(data / "raw/train_images" / image, 1.0)
+        gray = read_gray(data / "raw/train_images" / image)
         cv2.imwrite(str(tmp_path / image), gray if image != ids[1] else gray[:, :800])
-    with pytest.raises(
-        ValueError, match=rf"{ids[1]}: 400x128 pixels at scale 0.5, expected 800x128"
-    ):
+    with pytest.raises(ValueError, match=rf"{ids[1]}: 800x256 pixels, expected 1600x256"):
         DecodedImages(tmp_path, ids, 0.5, tmp_path)
 
 

@@ -569,9 +569,10 @@ def test_a_bad_submission_stops_score_with_one_line_naming_it(project, tmp_path,
     assert len(err) == 1 and err[0].startswith("steelflow score: error: ") and str(bad) in err[0]
 
 
-def test_each_network_sees_at_prediction_the_pixels_it_trained_on(project, tmp_path):
+def test_each_network_sees_at_prediction_the_pixels_it_trained_on(project, tmp_path, monkeypatch):
     """A classifier at 1/4 and a U-Net at 1/2 scale: each view the predictor makes of an
-    image equals, pixel for pixel, the training set's sample of that image at that scale."""
+    image equals, pixel for pixel, the training set's sample of that image at that scale;
+    the predictor decodes each image once for both."""
     from steelflow import checkpoint
     from steelflow.dataset import DecodedImages, SteelDataset
     from steelflow.predict import Predictor
@@ -587,12 +588,16 @@ def test_each_network_sees_at_prediction_the_pixels_it_trained_on(project, tmp_p
     cache = MaskCache(project / "masks")
     ids = cache.image_ids[:3]
     images = project / "raw/train_images"
+    decodes, imdecode = [], cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: decodes.append(1) or imdecode(*a))
+    views = [predictor.read(images / image) for image in ids]
+    assert len(decodes) == len(ids)
     for network in ("classifier", "unet"):
         scale = config[network]["scale"]
         decoded = DecodedImages(images, ids, scale, tmp_path)
         trained_on = SteelDataset(decoded, cache, ids)
         for i, image in enumerate(ids):
-            seen = torch.from_numpy(predictor.read(images / image)[scale])[None]
+            seen = torch.from_numpy(views[i][scale])[None]
             assert torch.equal(seen, trained_on[i][0]), f"{network}, {image}"
 
 

@@ -304,7 +304,7 @@ class Predictor:
         """Mean sigmoid of ``models`` over the flipped views of ``x``, in fp32; a ``dense``
         (per-pixel) output is flipped back before it is averaged, a classifier's map of
         cells is reduced to its image logits."""
-        total, views = None, len(models) * len(self.flips)
+        total, passes = None, len(models) * len(self.flips)
         for model in models:
             for dims in self.flips:
                 with autocast(self.device, self.dtype):
@@ -315,7 +315,7 @@ class Predictor:
                 prob = (logits if dense else image_logits(logits)).sigmoid_()
                 prob = prob.flip(dims) if dense and dims else prob
                 total = prob if total is None else total.add_(prob)
-        return total.div_(views) if views > 1 else total
+        return total.div_(passes) if passes > 1 else total
 
     @torch.no_grad()
     def class_prob(self, views: list[Views]) -> np.ndarray:

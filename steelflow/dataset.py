@@ -70,10 +70,10 @@ def split_ids(split_csv: Path, val_fold: int) -> tuple[list[str], list[str]]:
 
 
 class DecodedImages:
-    """Images decoded once, at ``scale``, into a uint8 array file of its own in
-    ``folder``: the epochs then read pixels instead of decoding JPEGs, which is most of
-    a sample's time. Loader workers map the same file (pickled, this is its path, not
-    its pixels).
+    """Images decoded once at full size and stored at ``scale`` (``at_scale``) in a
+    uint8 array file of its own in ``folder``: the epochs then read pixels instead of
+    decoding JPEGs, which is most of a sample's time. Loader workers map the same file
+    (pickled, this is its path, not its pixels).
     """
 
     def __init__(self, images_dir: Path, image_ids: list[str], scale: float, folder: Path):

@@ -312,7 +312,8 @@ class Predictor:
                 # fp32 in the standard layout: on channels_last, the peak per class that
                 # ``threshold_pairs`` takes is 40x slower on the CPU
                 logits = logits.to(torch.float32, memory_format=torch.contiguous_format)
-                prob = (logits if dense else image_logits(logits)).sigmoid_()
+                # a new tensor: the in-place sums below never write to a model's output
+                prob = torch.sigmoid(logits if dense else image_logits(logits))
                 prob = prob.flip(dims) if dense and dims else prob
                 total = prob if total is None else total.add_(prob)
         return total.div_(passes) if passes > 1 else total

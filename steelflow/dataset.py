@@ -32,7 +32,7 @@ def decode_gray(data: np.ndarray, name: str | Path) -> np.ndarray:
     """Decode an image file's bytes as uint8 gray, at its own size."""
     image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
     if image is None:
-        raise ValueError(f"{name}: not a readable image")
+        raise ValueError(f"{name}: cannot be read as an image (corrupt, or not a JPEG or PNG)")
     return image
 
 
@@ -41,14 +41,19 @@ def read_gray(path: Path) -> np.ndarray:
     return decode_gray(np.fromfile(path, np.uint8), path)
 
 
+def shape_at(scale: float) -> tuple[int, int]:
+    """(height, width) of a network's input at ``scale`` of 256x1600."""
+    return round(SHAPE[0] * scale), round(SHAPE[1] * scale)
+
+
 def at_scale(gray: np.ndarray, scale: float) -> np.ndarray:
     """A gray image (any size) as a network of ``scale`` takes it: area-resized to
-    ``scale`` of 1600x256. Training and prediction both go through here, so a network
+    ``shape_at(scale)``. Training and prediction both go through here, so a network
     sees the same pixels in both, and one decode serves every scale."""
-    size = (round(SHAPE[1] * scale), round(SHAPE[0] * scale))
-    if gray.shape == size[::-1]:
+    height, width = shape_at(scale)
+    if gray.shape == (height, width):
         return gray
-    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def normalise(gray: torch.Tensor) -> torch.Tensor:
@@ -82,9 +87,8 @@ class DecodedImages:
         handle, path = tempfile.mkstemp(prefix=f"images_{scale}_", suffix=".npy", dir=folder)
         os.close(handle)
         self.path = Path(path)
-        size = (round(SHAPE[0] * scale), round(SHAPE[1] * scale))
         pixels = np.lib.format.open_memmap(
-            self.path, mode="w+", dtype=np.uint8, shape=(len(image_ids), *size)
+            self.path, mode="w+", dtype=np.uint8, shape=(len(image_ids), *shape_at(scale))
         )
 
         def decode(row: int) -> None:

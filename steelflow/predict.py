@@ -431,15 +431,6 @@ def list_user_images(folder: Path) -> list[Path]:
     return files
 
 
-def read_user_image(path: Path) -> np.ndarray:
-    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if gray is None:
-        raise ValueError(
-            f"{path}: cannot be read as an image (corrupt or not really {path.suffix})"
-        )
-    return gray
-
-
 def predict_folder(
     predictor: Predictor,
     th: Thresholds,
@@ -465,7 +456,7 @@ def predict_folder(
     kept = {}  # full-size images of the batches in flight: overlays, or a size to restore
 
     def read(name: str) -> Views:
-        gray = read_user_image(folder / name)
+        gray = read_gray(folder / name)
         if overlays or gray.shape != (H, W):
             kept[name] = gray
         return predictor.views_of(gray)

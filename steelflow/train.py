@@ -272,7 +272,7 @@ def run(
     with scratch_folder(outputs["out"]) as scratch:
         device = pick_device(config["train"]["device"])
         loaders = make_loaders(task, images, masks, split, device, scratch)
-        progress = fit(task, *loaders, outputs, resume)
+        progress = fit(task, *loaders, device, outputs, resume)
         del loaders  # their workers map files of the folder
     main = distributed.is_main()  # before teardown, after which every process looks like rank 0
     distributed.teardown()
@@ -283,13 +283,17 @@ def run(
 
 
 def fit(
-    task: Task, train_loader: DataLoader, val_loader: DataLoader, outputs: dict, resume: bool
+    task: Task,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    device: torch.device,
+    outputs: dict,
+    resume: bool,
 ) -> Progress:
-    """The epochs of ``task`` from scratch or, with ``resume``, from its last checkpoint;
-    the main process validates and saves after each (``save_epoch``)."""
+    """The epochs of ``task`` on ``device`` from scratch or, with ``resume``, from its
+    last checkpoint; the main process validates and saves after each (``save_epoch``)."""
     cfg, train_cfg = task.cfg, task.config["train"]
     torch.manual_seed(task.seed)
-    device = pick_device(train_cfg["device"])
     dtype = pick_precision(train_cfg["precision"], device)
     fmt = memory_format(train_cfg["channels_last"])
 

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 from common import cpu_name, write_results
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from train import endless, images_per_s, make_data
 
 from steelflow.config import load
-from steelflow.dataset import SteelDataset, at_scale, read_gray
+from steelflow.dataset import EpochSampler, SteelDataset, at_scale, read_gray
 from steelflow.masks import MaskCache
 from steelflow.tasks import TASKS
 
@@ -46,7 +46,8 @@ class EachSample:
 
 def loader_speed(dataset: SteelDataset, batch_size: int, batches: int) -> float:
     """Images/s of one loader process reading ``dataset``'s batches."""
-    stream = endless(DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0))
+    order = EpochSampler(RandomSampler(dataset))
+    stream = endless(DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=0))
     return images_per_s(lambda: next(stream), batches, batch_size)
 
 
@@ -66,7 +67,7 @@ def measure(name: str, config: dict, data: Path, batches: int) -> dict:
         **task.train_crop(),
     )
     size = task.cfg["batch_size"]
-    sample = train[0][0]
+    sample = train[0, 0][0]
     speeds = {"each_sample": [], "decoded_once": []}
     for _ in range(3):  # alternated, the best of each: the machine's noise hits both
         speeds["each_sample"].append(loader_speed(each, size, batches))

@@ -7,7 +7,13 @@
       dataset-metadata.json                       for `kaggle datasets create -p dist/kaggle`
       submit.py                                   installs offline, writes submission.csv
 
-The same folder serves a production line without internet.
+submit.py installs the wheel alone (pip --no-index --no-deps), so the image's own
+packages are used whatever their distribution or version (opencv-python or -headless,
+a torch newer than this project's tested one), then checks with steelflow.requirements
+that each module steelflow imports is there and new enough: a missing or old one is a
+line naming it, not a traceback. The wheel's metadata caps nothing above and asks for
+OpenCV only in the ``opencv`` extra. The same folder serves a production line without
+internet.
 """
 
 from __future__ import annotations

@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 
 from steelflow.atomic import atomic_path
+from steelflow.errors import SteelflowError
 
 KEYS = {"model", "config", "epoch", "metrics", "task"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SteelflowError):
     """A checkpoint that is missing, unreadable or of the wrong kind; the message names it."""
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from steelflow import __version__
 from steelflow.atomic import write_json
+from steelflow.errors import SteelflowError
 
 EDA_OUTPUTS = {  # the eda stage's files, each named on the command line
     "stats": "json",
@@ -118,27 +119,29 @@ def _split(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from steelflow import distributed
+    from steelflow.gpus import claimed_gpus
     from steelflow.train import run
 
     config = _load(args)
     if args.fold >= config["split"]["folds"]:
-        raise ValueError(
+        raise SteelflowError(
             f"--fold {args.fold}: expected a fold below split.folds ({config['split']['folds']})"
         )
     processes = config["train"]["nproc_per_node"]
-    if processes > 1 and not distributed.launched():
-        distributed.relaunch(args.argv, processes)  # becomes torchrun: one process per device
-    best = run(
-        args.network,
-        args.fold,
-        config,
-        Path(args.raw) / "train_images",
-        Path(args.masks),
-        Path(args.split),
-        {"out": Path(args.out), "history": Path(args.history), "curves": Path(args.curves)},
-        resume=args.resume,
-        start=Path(args.start) if args.start else None,
-    )
+    with claimed_gpus(config):  # this job's own GPUs, before CUDA starts; torchrun inherits them
+        if processes > 1 and not distributed.launched():
+            distributed.relaunch(args.argv, processes)  # becomes torchrun: one process per device
+        best = run(
+            args.network,
+            args.fold,
+            config,
+            Path(args.raw) / "train_images",
+            Path(args.masks),
+            Path(args.split),
+            {"out": Path(args.out), "history": Path(args.history), "curves": Path(args.curves)},
+            resume=args.resume,
+            start=Path(args.start) if args.start else None,
+        )
     if best is not None:  # only the main process reports
         print(json.dumps({"best": best}, indent=2))
 
@@ -147,7 +150,7 @@ def _fold_models(args: argparse.Namespace, folds: list[int]) -> dict[str, dict[i
     """Each network's checkpoint per fold, from ``--classifier``/``--unet``: ``{fold}`` in
     a path stands for each fold; a path without it is a single fold's model."""
     if len(folds) > 1 and not all("{fold}" in p for p in (args.classifier, args.unet)):
-        raise ValueError(
+        raise SteelflowError(
             f"--classifier {args.classifier} --unet {args.unet}: with train.folds {folds}, "
             "both need {fold} in the path, to find the models of each fold"
         )
@@ -200,21 +203,20 @@ def _tune(args: argparse.Namespace) -> None:
 def _submit(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from steelflow.io import read_masks, write_submission
+    from steelflow.io import read_sample_ids, write_submission
     from steelflow.predict import Thresholds, check_submission, submission_rows
 
     config = _load(args)
     predictor = _ensemble(args, config)
     thresholds = Thresholds.load(Path(args.thresholds))
     raw = Path(args.raw)
-    order = read_masks(raw / "sample_submission.csv")
-    image_ids = list(dict.fromkeys(order.ImageId))
+    image_ids = read_sample_ids(raw / "sample_submission.csv")
     rows = submission_rows(
         predictor, thresholds, raw / "test_images", image_ids, config["predict"]["batch_size"]
     )
     table = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
     check_submission(table, image_ids)
-    write_submission(args.out, table, order)
+    write_submission(args.out, table, image_ids, config["submit"]["layout"])
     print(f"{args.out}: {len(image_ids)} images, {(table.EncodedPixels != '').sum()} masks")
 
 
@@ -228,6 +230,7 @@ def _predict(args: argparse.Namespace) -> None:
         Path(args.images),
         Path(args.out),
         config["predict"]["batch_size"],
+        config["submit"]["layout"],
         args.overlays,
     )
     found = (table.EncodedPixels != "").sum()
@@ -405,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         args.run(args)
-    except (ValueError, OSError) as e:
+    except SteelflowError as e:  # bad input, told in one line; anything else is a bug
         print(f"steelflow {args.stage}: error: {e}", file=sys.stderr)
         return 1
     return 0

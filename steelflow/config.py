@@ -9,10 +9,12 @@ from typing import Any
 
 import yaml
 
+from steelflow.errors import SteelflowError
+
 SCHEMA = Path(__file__).resolve().parent / "config.schema.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(SteelflowError):
     """A config that does not match the schema; the message names the key."""
 
 

@@ -2,12 +2,14 @@
 
 Images are decoded gray at full size and area-resized to the network's ``scale``,
 once per training (``DecodedImages``); prediction reads them the same way. Random
-choices depend only on (seed, epoch, index), so an epoch is the same with any
-number of loader workers, and after a resume.
+choices depend only on (seed, epoch, index), and ``EpochSampler`` hands the epoch
+with each index, so an epoch is the same with any number of loader workers,
+persistent or not, and after a resume.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +23,12 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from steelflow.device import usable_cores
-from steelflow.distributed import is_main
+from steelflow.distributed import from_main, is_main
+from steelflow.errors import SteelflowError
 from steelflow.masks import MaskCache
 from steelflow.rle import SHAPE
+
+log = logging.getLogger(__name__)
 
 MEAN, STD = 0.4, 0.2  # gray levels / 255 of steel, roughly; inputs are (x - MEAN) / STD
 
@@ -32,7 +37,7 @@ def decode_gray(data: np.ndarray, name: str | Path) -> np.ndarray:
     """Decode an image file's bytes as uint8 gray, at its own size."""
     image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
     if image is None:
-        raise ValueError(f"{name}: cannot be read as an image (corrupt, or not a JPEG or PNG)")
+        raise SteelflowError(f"{name}: cannot be read as an image (corrupt, or not a JPEG or PNG)")
     return image
 
 
@@ -56,6 +61,17 @@ def at_scale(gray: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA)
 
 
+def masks_at_scale(masks: np.ndarray, scale: float, present: np.ndarray) -> np.ndarray:
+    """(4, H, W) 0/1 masks as a network of ``scale`` takes them, resized as its image
+    is (``at_scale``), so each mask pixel lies under the image pixel it labels: it holds
+    the share of its area that is defect, 0-255. Only the ``present`` classes are
+    resized; the others are empty."""
+    out = np.zeros((len(masks), *shape_at(scale)), np.uint8)
+    for k in np.flatnonzero(present):
+        out[k] = at_scale(masks[k] * np.uint8(255), scale)
+    return out
+
+
 def normalise(gray: torch.Tensor) -> torch.Tensor:
     """uint8 gray levels to the networks' float input, (x / 255 - MEAN) / STD."""
     return (gray.float() / 255 - MEAN) / STD
@@ -67,8 +83,8 @@ def split_ids(split_csv: Path, val_fold: int) -> tuple[list[str], list[str]]:
         folds = pd.read_csv(split_csv, keep_default_na=False, dtype={"ImageId": str})
         ids, val = folds["ImageId"], folds["fold"] == val_fold
         return ids[~val].tolist(), ids[val].tolist()
-    except (ValueError, KeyError, UnicodeDecodeError) as e:
-        raise ValueError(
+    except (ValueError, KeyError, UnicodeDecodeError, OSError) as e:
+        raise SteelflowError(
             f"{split_csv}: not a split made by steelflow split (expected columns ImageId, fold; "
             f"{type(e).__name__}: {e})"
         ) from None
@@ -77,31 +93,37 @@ def split_ids(split_csv: Path, val_fold: int) -> tuple[list[str], list[str]]:
 class DecodedImages:
     """Images decoded once at full size and stored at ``scale`` (``at_scale``) in a
     uint8 array file of its own in ``folder``: the epochs then read pixels instead of
-    decoding JPEGs, which is most of a sample's time. Loader workers map the same file
+    decoding JPEGs, which is most of a sample's time. The main process decodes; the
+    other processes of a torchrun job and every loader worker map the same file
     (pickled, this is its path, not its pixels).
     """
 
     def __init__(self, images_dir: Path, image_ids: list[str], scale: float, folder: Path):
         self.scale = scale
         self.rows = {image_id: row for row, image_id in enumerate(image_ids)}
-        handle, path = tempfile.mkstemp(prefix=f"images_{scale}_", suffix=".npy", dir=folder)
+        path = self._decode(images_dir, image_ids, folder) if is_main() else None
+        self.path = from_main(path)
+        self.pixels = np.load(self.path, mmap_mode="r")
+
+    def _decode(self, images_dir: Path, image_ids: list[str], folder: Path) -> Path:
+        """A new array file in ``folder`` of ``image_ids`` at ``scale``, a thread per core."""
+        handle, name = tempfile.mkstemp(prefix=f"images_{self.scale}_", suffix=".npy", dir=folder)
         os.close(handle)
-        self.path = Path(path)
-        pixels = np.lib.format.open_memmap(
-            self.path, mode="w+", dtype=np.uint8, shape=(len(image_ids), *shape_at(scale))
-        )
+        shape = (len(image_ids), *shape_at(self.scale))
+        log.info("decoding %d images into %s (%.2f GB)", len(image_ids), name, np.prod(shape) / 1e9)
+        pixels = np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=shape)
 
         def decode(row: int) -> None:
             path = Path(images_dir) / image_ids[row]
             gray = read_gray(path)
             if gray.shape != SHAPE:
-                raise ValueError(
+                raise SteelflowError(
                     f"{path}: {gray.shape[1]}x{gray.shape[0]} pixels, "
                     f"expected {SHAPE[1]}x{SHAPE[0]} (the train images' size)"
                 )
-            pixels[row] = at_scale(gray, scale)
+            pixels[row] = at_scale(gray, self.scale)
 
-        bar = tqdm(desc="decoding images", total=len(image_ids), unit="img", disable=not is_main())
+        bar = tqdm(desc="decoding images", total=len(image_ids), unit="img")
         with bar, ThreadPoolExecutor(usable_cores()) as pool:  # libjpeg frees the GIL
             try:
                 for _ in pool.map(decode, range(len(image_ids))):
@@ -110,7 +132,7 @@ class DecodedImages:
                 pool.shutdown(cancel_futures=True)  # the first error stops the decoding
                 raise
         pixels.flush()
-        self.pixels = np.load(self.path, mmap_mode="r")
+        return Path(name)
 
     def __getitem__(self, image_id: str) -> np.ndarray:
         """A copy of the image's (h, w) uint8 pixels at ``scale``."""
@@ -125,9 +147,11 @@ class DecodedImages:
 
 class SteelDataset(Dataset):
     """Train or validation samples of ``image_ids``, their pixels from ``decoded`` (at
-    its scale): (image (1, h, w), masks (4, h, w), flags (4,)); image and masks stay uint8,
+    its scale), indexed by (index, epoch) as ``EpochSampler`` draws them:
+    (image (1, h, w), masks (4, h, w), flags (4,)); image and masks stay uint8,
     a quarter of float's bytes through the loader's workers, pinned memory and the copy
-    to the device (``train.on_device`` makes them floats there).
+    to the device (``train.on_device`` makes them floats there). A mask pixel holds the
+    share of its area that is defect (``masks_at_scale``), 0-255.
 
     ``crop_width`` (pixels at ``scale``) takes a random crop of that width in
     training, centred on a defect pixel with probability ``defect_crop_prob``;
@@ -154,26 +178,18 @@ class SteelDataset(Dataset):
         self.defect_crop_prob = defect_crop_prob
         self.augment = augment
         self.seed = seed
-        self.epoch = 0
         flags = cache.classes().loc[image_ids]
         self.flags = torch.tensor(flags.to_numpy(), dtype=torch.float32)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def _masks(self, image_id: str) -> np.ndarray:
-        """The image's (4, h, w) masks at ``scale``: every 2nd or 4th pixel (nearest)."""
-        step = round(1 / self.scale)
-        return self.cache[image_id][:, ::step, ::step]
-
-    def __getitem__(self, i: int):
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+    def __getitem__(self, key: tuple[int, int]):
+        i, epoch = key
+        rng = np.random.default_rng([self.seed, epoch, i])
         image_id = self.image_ids[i]
         gray = self.decoded[image_id]
-        masks = self._masks(image_id)
+        masks = masks_at_scale(self.cache[image_id], self.scale, self.flags[i].numpy())
         if self.crop_width and self.crop_width < gray.shape[1]:
             x = self._crop_start(rng, masks, gray.shape[1])
             gray = gray[:, x : x + self.crop_width]
@@ -207,6 +223,28 @@ class SteelDataset(Dataset):
             shift = 255 * rng.uniform(-aug["brightness"], aug["brightness"])
             gray = np.clip(gray.astype(np.float32) * gain + shift, 0, 255).astype(np.uint8)
         return gray, masks
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """The indices of ``order``, each with the epoch it is drawn for. The loader sends
+    the pairs to its workers, so a sample's random choices follow the epoch in every
+    worker: a persistent worker keeps its own copy of the dataset, which an epoch set
+    on the main process's copy would never reach."""
+
+    def __init__(self, order: Sampler[int]):
+        self.order, self.epoch = order, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.order, "set_epoch"):  # a shuffle of its own per epoch
+            self.order.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((i, epoch) for i in self.order)
 
 
 class BalancedSampler(Sampler[int]):

@@ -12,6 +12,8 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
+NATIVE_BF16 = (8, 0)  # compute capability from which a GPU has bf16 tensor cores (Ampere)
+
 
 def pick_device(name: str) -> torch.device:
     """``auto``: CUDA, then MPS, then CPU; or the device named."""
@@ -46,12 +48,15 @@ def cpu_has_bf16() -> bool:
 
 
 def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. ``auto``: bf16 where native, fp16 on older GPUs."""
+    """The autocast dtype, or None for fp32. ``auto``: bf16 where native (a GPU of compute
+    capability 8.0 or more, a CPU with AVX512-BF16 or AMX), fp16 on older GPUs (Kaggle's
+    T4 and P100, where bf16 is emulated and slow), else fp32."""
     if name == "fp32":
         return None
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            native = torch.cuda.get_device_capability(device) >= NATIVE_BF16
+            return torch.bfloat16 if native else torch.float16
         if device.type == "cpu" and cpu_has_bf16():
             return torch.bfloat16
         log.info("no native bf16 on %s: running in fp32", device.type)

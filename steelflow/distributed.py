@@ -45,6 +45,16 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model)
 
 
+def from_main(value):
+    """``value`` as the main process has it, in every process (a broadcast; every process
+    waits here for the main one). Alone: ``value``."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -61,7 +71,10 @@ def launched() -> bool:
 
 
 def relaunch(argv: list[str], processes: int) -> None:
-    """Replace this process with torchrun running ``steelflow`` ``argv`` in ``processes``."""
+    """Replace this process with torchrun running ``steelflow`` ``argv`` in ``processes``.
+
+    torchrun keeps this process's environment, CUDA_VISIBLE_DEVICES included, and its
+    inheritable descriptors: the GPUs claimed (``device.claimed_gpus``) stay claimed."""
     launcher = [
         sys.executable,
         "-m",

@@ -11,6 +11,7 @@ import pandas as pd
 
 from steelflow import rle
 from steelflow.atomic import write_json
+from steelflow.errors import SteelflowError
 from steelflow.io import CLASSES
 from steelflow.masks import SLOTS, MaskCache
 from steelflow.report import class_colour, outline, save
@@ -111,7 +112,7 @@ def plot_examples(
         for ax, image in zip(ax_row, chosen, strict=False):
             gray = cv2.imread(str(images_dir / image), cv2.IMREAD_GRAYSCALE)
             if gray is None:
-                raise ValueError(f"{images_dir / image}: not a readable image")
+                raise SteelflowError(f"{images_dir / image}: not a readable image")
             ax.imshow(outline(gray, cache[image], thickness=3))
             ax.set_title(f"class {cls}: {image}", fontsize=9, color=class_colour(cls))
     save(fig, path)

@@ -3,16 +3,22 @@
     python submit.py [--data DIR] [--out FILE] [--device auto|cpu|cuda]
 
 Installs steelflow from the wheels beside this file (pip --no-index: no
-internet needed), then runs `steelflow submit` with the bundled models of
-every fold, thresholds and config. The defaults are a Kaggle notebook's
-paths: the competition data under /kaggle/input, the submission in the
-working directory (/kaggle/working). This file is copied into every bundle
-as submit.py; it imports nothing of steelflow before installing it.
+internet needed) with --no-deps: the notebook image's own torch, OpenCV
+(opencv-python or -headless) and the rest stay as they are, whatever their
+versions. Then `python -m steelflow.requirements` checks that each module
+steelflow imports is there and new enough (one line naming the module and
+the version needed if not, exit 1), and `steelflow submit` runs with the
+bundled models of every fold, thresholds and config. The defaults are a
+Kaggle notebook's paths: the competition data under /kaggle/input, the
+submission in the working directory (/kaggle/working). This file is copied
+into every bundle as submit.py; it imports nothing of steelflow, and runs
+steelflow with `python -P` (never a steelflow folder in the working directory).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +41,23 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
-    wheels = HERE / "wheels"
-    install = ["pip", "install", "--quiet", "--no-index", "--find-links", str(wheels), "steelflow"]
-    subprocess.run([sys.executable, "-m", *install], check=True)
+    # --no-deps: the image's packages are used as they are (pip would otherwise insist on
+    # pyproject's distributions, opencv-python-headless say, and fail offline);
+    # --force-reinstall: this bundle's steelflow, even where another of the same version is in
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    options = ["--no-index", "--no-deps", "--force-reinstall", "--find-links", str(HERE / "wheels")]
+    quiet = {**os.environ, "PIP_ROOT_USER_ACTION": "ignore"}  # a notebook runs as root
+    if subprocess.run([*pip, *options, "steelflow"], env=quiet).returncode != 0:
+        print(
+            f"submit.py: error: pip could not install steelflow from {HERE / 'wheels'} "
+            "(its message is above)",
+            file=sys.stderr,
+        )
+        return 1
+    # -P: the installed steelflow, never a steelflow folder in the working directory
+    check = [sys.executable, "-P", "-m", "steelflow.requirements", "--prog", "submit.py"]
+    if subprocess.run(check).returncode != 0:
+        return 1  # it told which module, in one line
     models = {
         network: str(HERE / "models" / f"{network}_f{{fold}}.pt")
         for network in ("classifier", "unet")
@@ -59,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         str(args.out),
     ]
-    # -P: the installed steelflow, never a steelflow folder in the working directory
     return subprocess.run([sys.executable, "-P", "-m", "steelflow", *submit]).returncode
 
 

@@ -20,12 +20,13 @@ from tqdm import tqdm
 
 from steelflow import rle
 from steelflow.atomic import atomic_dir
+from steelflow.errors import SteelflowError
 from steelflow.io import CLASSES, read_masks
 
 SLOTS = [f"mask_{c}" for c in CLASSES]
 
 
-class MaskError(ValueError):
+class MaskError(SteelflowError):
     """A train.csv mask that cannot go into the cache; the message names file and line."""
 
 
@@ -84,7 +85,7 @@ class MaskCache:
             self.shape = tuple(json.loads((folder / "shape.json").read_text()))
             self.bits = np.load(folder / "bits.npy", mmap_mode="r")
             self.index[SLOTS]  # noqa: B018 (checks the columns)
-        except (ValueError, KeyError, UnicodeDecodeError) as e:
+        except (ValueError, KeyError, UnicodeDecodeError, OSError) as e:
             raise MaskError(
                 f"{folder}: not a mask cache made by steelflow masks ({type(e).__name__}: {e})"
             ) from None

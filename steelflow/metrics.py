@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from steelflow import rle
+from steelflow.errors import SteelflowError
 from steelflow.io import CLASSES
 
 
@@ -59,7 +60,7 @@ def dice_table(
             scores[i] = mask_dice(rle.decode(t, shape), rle.decode(p, shape))
         except ValueError as e:
             image, cls = pairs[i]
-            raise ValueError(f"image {image} class {cls}: {e}") from None
+            raise SteelflowError(f"image {image} class {cls}: {e}") from None
     table = pairs.to_frame(index=False)
     table["truth_empty"] = aligned(truth) == ""
     table["dice"] = scores

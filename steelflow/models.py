@@ -23,6 +23,7 @@ from torch import nn
 from torchvision import models
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from steelflow.errors import SteelflowError
 from steelflow.io import CLASSES
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ DOWNLOAD_TIMEOUT_S = 30
 BATCH_NORM_MOMENTUM = 0.1  # PyTorch's default
 
 
-class WeightsError(ValueError):
+class WeightsError(SteelflowError):
     """Pretrained weights asked for but not to be had; the message says what to do."""
 
 

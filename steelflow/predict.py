@@ -41,6 +41,7 @@ from tqdm import tqdm
 from steelflow import checkpoint, rle
 from steelflow.dataset import at_scale, normalise, read_gray
 from steelflow.device import autocast, memory_format, pick_device, pick_precision, usable_cores
+from steelflow.errors import SteelflowError
 from steelflow.io import CLASSES
 from steelflow.models import build_classifier, build_unet, image_logits
 
@@ -79,10 +80,10 @@ class Thresholds:
 
     @classmethod
     def load(cls, path: Path) -> Thresholds:
-        """Read ``steelflow tune``'s JSON; ValueError naming the file if it is not that."""
+        """Read ``steelflow tune``'s JSON; SteelflowError naming the file if it is not that."""
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"{path}: thresholds not found (made by steelflow tune)")
+            raise SteelflowError(f"{path}: thresholds not found (made by steelflow tune)")
         try:
             data = json.loads(path.read_text())
             classes = [data["classes"][str(c)] for c in CLASSES]
@@ -95,7 +96,7 @@ class Thresholds:
                 [int(c["min_component_area"]) for c in classes],
             )
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(
+            raise SteelflowError(
                 f"{path}: not thresholds from steelflow tune (expected JSON with "
                 f"non_overlap and classes 1-{C}, each with enabled, gate, threshold, min_area, "
                 f"min_component_area; "
@@ -245,7 +246,7 @@ def load_ensemble(paths: list[Path], task: str, device: torch.device):
     loaded = [load_network(path, task, device) for path in paths]
     scales = {cfg["scale"] for _, cfg in loaded}
     if len(scales) > 1:
-        raise ValueError(
+        raise SteelflowError(
             f"{', '.join(map(str, paths))}: {task} models of one ensemble must take the same "
             f"input scale, got {sorted(scales)}"
         )
@@ -389,16 +390,16 @@ def predict_images(
 
 
 def check_submission(table, image_ids: list[str]) -> None:
-    """Every image has each class once, and every RLE is canonical; else ValueError."""
+    """Every image has each class once, and every RLE is canonical; else SteelflowError."""
     expected = {(i, c) for i in image_ids for c in CLASSES}
     got = list(zip(table.ImageId, table.ClassId, strict=True))
     if len(got) != len(expected) or set(got) != expected:
-        raise ValueError(
+        raise SteelflowError(
             f"submission has {len(got)} rows, expected one per image and class: {len(expected)}"
         )
     for image, cls, text in zip(table.ImageId, table.ClassId, table.EncodedPixels, strict=True):
         if text and rle.encode(rle.decode(text)) != text:
-            raise ValueError(f"submission: the RLE of {image} class {cls} is not canonical")
+            raise SteelflowError(f"submission: the RLE of {image} class {cls} is not canonical")
 
 
 def submission_rows(
@@ -421,13 +422,13 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 def list_user_images(folder: Path) -> list[Path]:
     """The image files of ``folder``; a clear error for a missing folder or another file."""
     if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder of images")
+        raise SteelflowError(f"{folder} is not a folder of images")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
-        raise ValueError(f"{folder} holds no images: expected JPEG or PNG files")
+        raise SteelflowError(f"{folder} holds no images: expected JPEG or PNG files")
     for path in files:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ValueError(f"{path}: not a JPEG or PNG image (expected .jpg, .jpeg or .png)")
+            raise SteelflowError(f"{path}: not a JPEG or PNG image (expected .jpg, .jpeg or .png)")
     return files
 
 
@@ -437,19 +438,21 @@ def predict_folder(
     folder: Path,
     out: Path,
     batch_size: int,
+    layout: str = "current",
     overlays: bool = False,
 ):
-    """Masks for every image of ``folder``: ``out``/predictions.csv and, with
-    ``overlays``, one overlay PNG per image.
+    """Masks for every image of ``folder``: ``out``/predictions.csv (in a submission's
+    ``layout``) and, with ``overlays``, one overlay PNG per image.
 
     Images are streamed, a batch at a time, and resized for the networks as in
     training; an image of another size than 1600x256 has its masks resized back
     (nearest neighbour), so the RLE refers to the image's own size. Returns the
-    predictions table (ImageId_ClassId, EncodedPixels).
+    predictions table as written.
     """
     import pandas as pd
 
     from steelflow.atomic import atomic_dir
+    from steelflow.io import submission_table
     from steelflow.report import save_overlay
 
     names = [path.name for path in list_user_images(folder)]
@@ -471,9 +474,10 @@ def predict_folder(
                     [cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in mask]
                 )
                 texts = rle.encode_many(mask)
-            rows += [(f"{name}_{c}", text) for c, text in zip(CLASSES, texts, strict=True)]
+            rows += [(name, c, text) for c, text in zip(CLASSES, texts, strict=True)]
             if overlays:
                 save_overlay(tmp / f"{Path(name).stem}.png", gray, mask)
-        table = pd.DataFrame(rows, columns=["ImageId_ClassId", "EncodedPixels"])
+        found = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
+        table = submission_table(found, names, layout)
         table.to_csv(tmp / "predictions.csv", index=False)
     return table

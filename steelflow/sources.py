@@ -1,8 +1,8 @@
 """Data sources for `steelflow fetch`: synthetic, Kaggle or local, each giving the Kaggle layout.
 
-The layout of the output folder: train.csv (new layout), train_images/*.jpg,
-test_images/*.jpg, sample_submission.csv (old layout), and test_truth.csv when
-the truth is known (synthetic source).
+The layout of the output folder: train.csv (``ImageId,ClassId,EncodedPixels``),
+train_images/*.jpg, test_images/*.jpg, sample_submission.csv (any layout the
+competition has used), and test_truth.csv when the truth is known (synthetic source).
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from tqdm import tqdm
 
 from steelflow import rle, synthetic
 from steelflow.atomic import atomic_dir, atomic_path
-from steelflow.io import read_masks
+from steelflow.errors import SteelflowError
+from steelflow.io import read_masks, read_sample_ids
 
 COMPETITION = "severstal-steel-defect-detection"
 RULES_URL = f"https://www.kaggle.com/competitions/{COMPETITION}/rules"
 
 
-class SourceError(ValueError):
+class SourceError(SteelflowError):
     """A data source that cannot give the Kaggle layout; the message says what to do."""
 
 
@@ -148,9 +149,11 @@ def _check_image(path: Path, name: str) -> None:
 
 
 def check_layout(root: Path, label: str) -> None:
-    """Check the Kaggle layout in ``root`` and rewrite train.csv in the new layout.
+    """Check the Kaggle layout in ``root`` and rewrite train.csv as defect rows only.
 
-    Every train.csv row needs its image; every image must decode and be 1600x256.
+    Every file the later stages read is read here, so a layout they cannot use
+    fails before training: every train.csv row needs its image, every image of
+    sample_submission.csv its test image; every image must decode and be 1600x256.
     Errors name the file as it is in ``label``, the source the user gave.
     """
     for name in ("train.csv", "sample_submission.csv"):
@@ -161,12 +164,18 @@ def check_layout(root: Path, label: str) -> None:
             raise SourceError(f"{label}: folder {name}/ is missing")
     try:
         train = read_masks(root / "train.csv")
-    except ValueError as e:
+        test_ids = read_sample_ids(root / "sample_submission.csv")
+    except SteelflowError as e:
         raise SourceError(str(e).replace(str(root), label)) from None
     for line, image in train.ImageId.items():
         if not (root / "train_images" / image).is_file():
             raise SourceError(
                 f"{label}/train.csv, line {line}: image train_images/{image} is missing"
+            )
+    for image in test_ids:
+        if not (root / "test_images" / image).is_file():
+            raise SourceError(
+                f"{label}/sample_submission.csv: image test_images/{image} is missing"
             )
     images = sorted(root.glob("train_images/*.jpg")) + sorted(root.glob("test_images/*.jpg"))
     for path in tqdm(images, desc="checking images", unit="img", mininterval=2):

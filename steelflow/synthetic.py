@@ -23,6 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from steelflow import rle
+from steelflow.errors import SteelflowError
 from steelflow.io import CLASSES, COLUMNS
 
 H, W = rle.SHAPE
@@ -45,6 +46,7 @@ REAL_COMBINATIONS = {
 
 # How strongly defects stand out from the steel (intensity contrast, gray levels).
 PRESETS = {"clear": 1.0, "realistic": 0.4}
+WHOLE = f"1 {rle.SHAPE[0] * rle.SHAPE[1]}"  # the RLE of the whole image, today's sample rows
 
 
 @dataclass(frozen=True)
@@ -255,7 +257,7 @@ def _draw_file(
     name = image_id(seed, split, index)
     rgb = cv2.merge([drawn.image] * 3)  # Severstal JPEGs have three identical channels
     if not cv2.imwrite(str(folder / name), rgb, [cv2.IMWRITE_JPEG_QUALITY, quality]):
-        raise OSError(f"could not write {folder / name}")
+        raise SteelflowError(f"could not write {folder / name}")
     return name, rle.encode_many(drawn.masks)
 
 
@@ -277,8 +279,9 @@ def generate(
 ) -> None:
     """Write a synthetic data set in the Kaggle layout into the empty folder ``out``.
 
-    train.csv and test_truth.csv (new layout), sample_submission.csv (old layout,
-    4 rows per test image), train_images/ and test_images/.
+    train.csv and test_truth.csv (``ImageId,ClassId,EncodedPixels``),
+    sample_submission.csv as Kaggle serves it today (one ``IMAGE,1 409600,0`` row
+    per test image), train_images/ and test_images/.
     """
     with Pool(workers) as pool:
         for split, count in (("train", n_train), ("test", n_test)):
@@ -304,6 +307,5 @@ def generate(
             table.to_csv(out / ("train.csv" if split == "train" else "test_truth.csv"), index=False)
             if split == "test":
                 names = sorted(name for name, _ in rows)
-                keys = [f"{name}_{cls}" for name in names for cls in CLASSES]
-                sample = pd.DataFrame({"ImageId_ClassId": keys, "EncodedPixels": "1 1"})
+                sample = pd.DataFrame({"ImageId": names, "EncodedPixels": WHOLE, "ClassId": 0})
                 sample.to_csv(out / "sample_submission.csv", index=False)

@@ -12,6 +12,7 @@ from torch.utils.data import Sampler
 
 from steelflow import checkpoint
 from steelflow.dataset import BalancedSampler, DecodedImages, SteelDataset, split_ids
+from steelflow.errors import SteelflowError
 from steelflow.io import CLASSES
 from steelflow.losses import segmentation_loss
 from steelflow.masks import MaskCache
@@ -98,13 +99,13 @@ class ClassifierTask(Task):
         net = build_classifier(self.cfg)
         if self.cfg["pretrained"] == "unet":
             if self.start is None:
-                raise ValueError(
+                raise SteelflowError(
                     f"classifier.pretrained: unet: expected the U-Net checkpoint of fold "
                     f"{self.fold} to start from (steelflow train classifier --start PATH)"
                 )
             unet = checkpoint.load(self.start, "unet")
             if unet["arch"] != self.cfg["arch"]:
-                raise ValueError(
+                raise SteelflowError(
                     f"{self.start}: a {unet['arch']} U-Net, expected classifier.arch "
                     f"{self.cfg['arch']} to start the classifier from its encoder"
                 )

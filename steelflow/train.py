@@ -24,13 +24,14 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 from tqdm import tqdm
 
 from steelflow import checkpoint, distributed
 from steelflow.atomic import atomic_path
-from steelflow.dataset import normalise
+from steelflow.dataset import EpochSampler, normalise
 from steelflow.device import autocast, memory_format, pick_device, pick_precision
+from steelflow.errors import SteelflowError
 from steelflow.masks import MaskCache
 from steelflow.report import plot_history
 from steelflow.tasks import TASKS, Task
@@ -38,7 +39,7 @@ from steelflow.tasks import TASKS, Task
 log = logging.getLogger(__name__)
 
 
-class TrainingError(ValueError):
+class TrainingError(SteelflowError):
     """Training cannot go on (a non-finite loss); the message says where it happened."""
 
 
@@ -52,10 +53,11 @@ class Progress:
 
 
 def on_device(x: torch.Tensor, masks: torch.Tensor, flags: torch.Tensor, device, fmt):
-    """A loader's batch on the device: uint8 images normalised and uint8 masks made float
-    there, after the copy."""
+    """A loader's batch on the device: uint8 images normalised and uint8 masks (the
+    defect share of each pixel, 0-255) made float 0-1 there, after the copy."""
     x = normalise(x.to(device, non_blocking=True)).contiguous(memory_format=fmt)
-    return x, masks.to(device, non_blocking=True).float(), flags.to(device, non_blocking=True)
+    masks = masks.to(device, non_blocking=True).float() / 255
+    return x, masks, flags.to(device, non_blocking=True)
 
 
 class Step:
@@ -94,13 +96,14 @@ def make_loaders(
     task: Task, images: Path, masks: Path, split: Path, device: torch.device, scratch: Path
 ):
     """Train and validation loaders, their images decoded into the folder ``scratch``
-    (``Task.datasets``); the train order depends only on (seed, epoch)."""
+    (``Task.datasets``); the train order and samples depend only on (seed, epoch):
+    the sampler (``EpochSampler``) sets the epoch, for the loader's workers too."""
     config, cfg = task.config, task.cfg
     train_set, val_set = task.datasets(images, MaskCache(masks), split, scratch)
     rank, world = distributed.rank_and_world()
-    sampler = task.train_sampler(train_set, rank, world)
-    if sampler is None and world > 1:
-        sampler = DistributedSampler(train_set, seed=task.seed)
+    order = task.train_sampler(train_set, rank, world)
+    if order is None:  # a plain shuffle, of this process's share
+        order = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=task.seed)
     workers = config["machine"]["workers"]
     common = {
         "batch_size": cfg["batch_size"],
@@ -110,13 +113,14 @@ def make_loaders(
     }
     train_loader = DataLoader(
         train_set,
-        shuffle=sampler is None,
-        sampler=sampler,
+        sampler=EpochSampler(order),
         drop_last=len(train_set) > cfg["batch_size"],
-        generator=torch.Generator(),
+        generator=torch.Generator(),  # worker seeds (unused), drawn apart from torch's own
         **common,
     )
-    return train_loader, DataLoader(val_set, **common)
+    return train_loader, DataLoader(
+        val_set, sampler=EpochSampler(SequentialSampler(val_set)), **common
+    )
 
 
 def lr_schedule(optimizer, cfg: dict, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -165,10 +169,7 @@ def resume_state(last: Path, best_file: Path, parts: dict, recipe: dict, task: T
 def train_one_epoch(step: Step, loader: DataLoader, epoch: int) -> tuple[float, float]:
     """Train one epoch; returns the mean loss and the seconds it took."""
     task, cfg = step.task, step.task.cfg
-    loader.generator.manual_seed(task.seed + epoch)  # the same shuffle after a resume
-    loader.dataset.set_epoch(epoch)
-    if hasattr(loader.sampler, "set_epoch"):  # torchrun's or the balanced sampler
-        loader.sampler.set_epoch(epoch)
+    loader.sampler.set_epoch(epoch)  # the same order and samples after a resume
     step.net.train()
     began, losses = time.perf_counter(), []
     bar = tqdm(
@@ -238,17 +239,20 @@ def save_epoch(
 @contextmanager
 def scratch_folder(out: Path) -> Iterator[Path]:
     """An empty folder for the decoded images of the training that writes ``out``:
-    under $TMPDIR (Snakemake sets it from ``resources.tmpdir``), named after ``out`` and
-    the process's rank, so a rerun clears what a killed run left; removed at the end."""
-    rank, _ = distributed.rank_and_world()
+    under $TMPDIR (Snakemake sets it from ``resources.tmpdir``), named after ``out``, so
+    a rerun clears what a killed run left; removed at the end. The main process makes
+    and removes it; the other processes of a torchrun job read its files."""
     digest = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:12]
-    folder = Path(tempfile.gettempdir()) / f"steelflow-images-{digest}-rank{rank}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    folder = Path(tempfile.gettempdir()) / f"steelflow-images-{digest}"
+    main = distributed.is_main()
+    if main:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
     try:
         yield folder
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if main:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def run(

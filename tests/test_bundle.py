@@ -1,22 +1,29 @@
 """The Kaggle bundle: built from a tiny run, installed offline into a fresh venv that
-has only what a Kaggle image has, its submit.py writes what `steelflow submit` writes."""
+has only what a Kaggle image has (OpenCV as opencv-python, not -headless), its submit.py
+writes what `steelflow submit` writes, and tells a missing or old module in one line."""
 
 from __future__ import annotations
 
+import email.parser
+import importlib.metadata
 import json
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
+from steelflow.bundle import build_wheel
 from steelflow.cli import main
 from tests.conftest import FOLDS, TEST_CONFIG, models_args, networks
 
 NOT_ON_KAGGLE = ("steelflow", "__editable__", "snakemake", "dvc", "kaggle")
+HEADLESS = ("cv2", "opencv_python_headless")  # a Kaggle image has opencv-python instead
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +35,17 @@ def bundle(project, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def kaggle_python(tmp_path_factory) -> Path:
-    """A fresh venv standing in for a Kaggle image: this environment's packages (torch,
-    numpy, ...) but not steelflow, snakemake, dvc or kaggle."""
-    root = tmp_path_factory.mktemp("kaggle-image")
+def stand_in(root: Path, leave_out: tuple[str, ...] = HEADLESS, first: tuple[Path, ...] = ()):
+    """The python of a fresh venv standing in for a Kaggle image: this environment's
+    packages (torch, numpy, ...) but not steelflow, snakemake, dvc or kaggle, nor those whose
+    names start with ``leave_out`` (by default this venv's OpenCV, opencv-python-headless);
+    the folders ``first`` come before them on sys.path."""
     image = root / "preinstalled"
-    image.mkdir()
+    image.mkdir(parents=True)
     here = Path(sysconfig.get_paths()["purelib"])
     for entry in here.iterdir():
-        if not any(name in entry.name.lower() for name in NOT_ON_KAGGLE):
+        name = entry.name.lower()
+        if not any(n in name for n in NOT_ON_KAGGLE) and not name.startswith(leave_out):
             (image / entry.name).symlink_to(entry)
     # without pip of its own: the image's pip and setuptools (torch needs setuptools>=77)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "env")], check=True)
@@ -48,8 +56,28 @@ def kaggle_python(tmp_path_factory) -> Path:
         text=True,
         check=True,
     ).stdout.strip()
-    (Path(site) / "preinstalled.pth").write_text(f"{image}\n")
+    (Path(site) / "preinstalled.pth").write_text("".join(f"{p}\n" for p in (*first, image)))
     return python
+
+
+@pytest.fixture(scope="module")
+def opencv_python(tmp_path_factory) -> Path:
+    """A folder with the real opencv-python distribution (not -headless) at the version of
+    this venv's opencv-python-headless: the OpenCV of a Kaggle image. From PyPI; pip's
+    cache keeps it to one download."""
+    version = importlib.metadata.version("opencv-python-headless")
+    target = tmp_path_factory.mktemp("opencv-python")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target)]
+    done = subprocess.run([*pip, f"opencv-python=={version}"], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"opencv-python=={version} not installed from PyPI: {done.stderr.strip()}")
+    return target
+
+
+@pytest.fixture(scope="module")
+def kaggle_python(opencv_python, tmp_path_factory) -> Path:
+    """A Kaggle image's python: this environment's packages, OpenCV as opencv-python."""
+    return stand_in(tmp_path_factory.mktemp("kaggle-image"), first=(opencv_python,))
 
 
 def kaggle_input(project: Path, root: Path) -> Path:
@@ -92,7 +120,7 @@ def test_the_bundle_holds_the_package_every_fold_thresholds_config_and_script(bu
 
 
 def test_submit_py_installs_offline_and_writes_what_steelflow_submit_writes(
-    project, bundle, kaggle_python, tmp_path
+    project, bundle, kaggle_python, opencv_python, tmp_path
 ):
     data = kaggle_input(project, tmp_path)
     working = tmp_path / "working"
@@ -104,9 +132,11 @@ def test_submit_py_installs_offline_and_writes_what_steelflow_submit_writes(
     assert main(["submit", *models_args(project), "--raw", str(data), "--out", str(reference)]) == 0
     assert (working / "submission.csv").read_bytes() == reference.read_bytes()
 
-    where = "import steelflow, sys; print(steelflow.__file__); import snakemake"
+    where = "import steelflow, cv2; print(steelflow.__file__, cv2.__file__); import snakemake"
     found = run_offline(kaggle_python, "-P", "-c", where, cwd=working)
-    assert str(kaggle_python.parents[1]) in found.stdout  # the wheel's install, in the new venv
+    installed, opencv = found.stdout.split()
+    assert str(kaggle_python.parents[1]) in installed  # the wheel's install, in the new venv
+    assert opencv.startswith(str(opencv_python))  # opencv-python's cv2, not -headless's
     assert "No module named 'snakemake'" in found.stderr  # prediction ran without it
 
 
@@ -122,3 +152,69 @@ def test_a_missing_input_folder_is_one_line_naming_it(
     assert done.returncode == 1 and len(lines) == 1
     assert lines[0].startswith("submit.py: error: ") and str(data) in lines[0]
     assert not (tmp_path / "submission.csv").exists()
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("missing", ["cv2", "numba"])
+def test_a_module_the_image_lacks_is_one_line_naming_it(
+    project, bundle, opencv_python, tmp_path, missing
+):
+    data = kaggle_input(project, tmp_path)
+    if missing == "cv2":  # no OpenCV at all
+        python = stand_in(tmp_path / "image")
+    else:
+        python = stand_in(tmp_path / "image", (*HEADLESS, missing), first=(opencv_python,))
+    done = run_offline(python, bundle / "submit.py", "--data", str(data), cwd=tmp_path)
+    line = one_error_line(done)
+    if missing == "cv2":
+        assert line == (
+            "submit.py: error: module cv2 (OpenCV) is missing; steelflow needs cv2>=4.8 "
+            "(pip install opencv-python-headless, or opencv-python)"
+        )
+    else:
+        assert line == (
+            "submit.py: error: module numba is missing; steelflow needs numba>=0.59 "
+            "(pip install numba)"
+        )
+    assert not (tmp_path / "submission.csv").exists()
+
+
+def test_a_module_older_than_steelflow_needs_is_one_line_naming_the_version(
+    project, bundle, opencv_python, tmp_path
+):
+    data = kaggle_input(project, tmp_path)
+    old = tmp_path / "old"
+    (old / "tqdm").mkdir(parents=True)  # before the image's tqdm 4.x on sys.path
+    (old / "tqdm/__init__.py").write_text("__version__ = '1.0'\n")
+    python = stand_in(tmp_path / "image", first=(old, opencv_python))
+    done = run_offline(python, bundle / "submit.py", "--data", str(data), cwd=tmp_path)
+    assert one_error_line(done) == (
+        "submit.py: error: module tqdm is 1.0, too old; steelflow needs tqdm>=4.66 "
+        "(pip install tqdm)"
+    )
+    assert not (tmp_path / "submission.csv").exists()
+
+
+def test_the_wheel_caps_no_torch_and_asks_for_opencv_only_in_an_extra(tmp_path):
+    """pip resolves what the wheel declares, even offline: an upper cap on torch or an
+    OpenCV distribution in the base requirements would stop it in a Kaggle image."""
+    with zipfile.ZipFile(build_wheel(tmp_path)) as wheel:
+        (name,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = email.parser.Parser().parsestr(wheel.read(name).decode())
+    requires = [Requirement(r) for r in metadata.get_all("Requires-Dist")]
+    names = {r.name.lower() for r in requires}
+    assert {"torch", "torchvision", "opencv-python-headless"} <= names
+    for requirement in requires:
+        if requirement.name.lower() in ("torch", "torchvision"):
+            capped = [s for s in requirement.specifier if s.operator in ("<", "<=", "==", "~=")]
+            assert not capped, f"{requirement}: a Kaggle image's newer torch would not install"
+        if "opencv" in requirement.name.lower():
+            assert requirement.marker is not None, f"{requirement}: not under an extra"
+            assert requirement.marker.evaluate({"extra": "opencv"})
+            assert not requirement.marker.evaluate({"extra": ""})
+    assert "opencv" in metadata.get_all("Provides-Extra")

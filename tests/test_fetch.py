@@ -61,8 +61,8 @@ def test_synthetic_source_writes_the_kaggle_layout(synthetic_raw):
     assert (synthetic_raw / "train.csv").read_text().startswith("ImageId,ClassId,EncodedPixels\n")
     train = read_masks(synthetic_raw / "train.csv")
     assert set(train.ImageId) <= set(train_images) and (train.EncodedPixels != "").all()
-    sample = pd.read_csv(synthetic_raw / "sample_submission.csv")
-    assert sample.ImageId_ClassId.tolist() == [f"{i}_{c}" for i in test_images for c in range(1, 5)]
+    sample = (synthetic_raw / "sample_submission.csv").read_text().splitlines()
+    assert sample == ["ImageId,EncodedPixels,ClassId"] + [f"{i},1 409600,0" for i in test_images]
     truth = read_masks(synthetic_raw / "test_truth.csv")
     assert set(truth.ImageId) <= set(test_images)
 
@@ -182,7 +182,7 @@ def test_a_previous_good_output_survives_a_failed_fetch(real_kaggle_folder, tmp_
     fetch({"source": "local", "local_path": str(real_kaggle_folder)}, 0, out)
     before = digest(out)
     (real_kaggle_folder / "train.csv").write_text("nonsense\n")
-    with pytest.raises(Exception, match="fits neither layout"):
+    with pytest.raises(Exception, match="fits no layout"):
         fetch({"source": "local", "local_path": str(real_kaggle_folder)}, 0, out)
     assert digest(out) == before and not leftovers(tmp_path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
@@ -14,13 +15,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler
 from torchvision import models
 
 from steelflow import train
 from steelflow.cli import main
 from steelflow.config import load
-from steelflow.dataset import DecodedImages, SteelDataset, at_scale, read_gray, split_ids
+from steelflow.dataset import (
+    DecodedImages,
+    EpochSampler,
+    SteelDataset,
+    at_scale,
+    masks_at_scale,
+    read_gray,
+    split_ids,
+)
 from steelflow.masks import MaskCache, build
 from steelflow.models import WeightsError, backbone, build_classifier, build_unet, image_logits
 from steelflow.tasks import ClassifierTask, UNetTask
@@ -97,12 +106,31 @@ def test_images_are_decoded_once_and_every_loader_worker_maps_them(data, tmp_pat
     assert len(pickle.dumps(decoded)) < 10_000  # a worker gets the file's path, not pixels
     augment = {"hflip": True, "vflip": True, "brightness": 0.1, "contrast": 0.1}
     samples = SteelDataset(decoded, cache, ids, crop_width=96, augment=augment, seed=3)
+    order = EpochSampler(SequentialSampler(samples))
     batches = [
-        list(DataLoader(samples, batch_size=8, num_workers=workers, **context))
+        list(DataLoader(samples, batch_size=8, sampler=order, num_workers=workers, **context))
         for workers, context in ((0, {}), (2, {"multiprocessing_context": "spawn"}))
     ]
     for alone, spawned in zip(*batches, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(alone, spawned, strict=True))
+
+
+@pytest.mark.parametrize("scale", [0.25, 0.5, 1.0])
+def test_a_one_pixel_mask_lands_under_the_pixel_it_labels(scale):
+    """Masks are resized as images are: a defect pixel's mask and its bright image pixel
+    land on the same pixel at every network scale, with the share of it they cover."""
+    row, col = 141, 1203  # odd: the pixel a subsampling ([::2, ::2]) would miss
+    gray = np.zeros((256, 1600), np.uint8)
+    gray[row, col] = 255
+    masks = np.zeros((4, 256, 1600), np.uint8)
+    masks[2, row, col] = 1
+    image = at_scale(gray, scale)
+    scaled = masks_at_scale(masks, scale, np.array([0, 0, 1, 0]))
+    under = np.unravel_index(image.argmax(), image.shape)
+    assert under == (int(row * scale), int(col * scale))
+    assert np.flatnonzero(scaled.reshape(4, -1).any(axis=1)).tolist() == [2]
+    assert np.argwhere(scaled[2]).tolist() == [list(under)]
+    assert scaled[2][under] == image[under] == round(255 * scale * scale)
 
 
 def test_a_rerun_clears_the_decoded_images_a_killed_run_left(tmp_path, monkeypatch):
@@ -157,9 +185,36 @@ def interrupted_after_one_epoch(data, out, monkeypatch, **settings):
             train_network(data, out, **settings)
 
 
-def test_an_interrupted_run_resumes_where_it_stopped(data, tmp_path, monkeypatch):
-    """Killed after epoch 1 of 3, resumed: same weights as a run never interrupted."""
-    settings = {"unet.epochs": 3}
+def epochs_of_samples(data, scratch, workers: int, epochs: int) -> list[list]:
+    """The training batches of each epoch, as ``train_one_epoch`` draws them."""
+    task = UNetTask(tiny_config(**{"machine.workers": workers}), 0)
+    args = (data / "raw/train_images", data / "masks", data / "split.csv", torch.device("cpu"))
+    loader, _ = train.make_loaders(task, *args, scratch)
+    drawn = []
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        drawn.append(list(loader))
+    return drawn
+
+
+def test_each_epoch_draws_new_samples_in_persistent_loader_workers(data, tmp_path):
+    """Crops, flips and jitter follow the epoch in the loader's workers, which live
+    through every epoch, as they do in the main process without workers."""
+    (tmp_path / "0").mkdir(), (tmp_path / "2").mkdir()
+    alone = epochs_of_samples(data, tmp_path / "0", workers=0, epochs=2)
+    workers = epochs_of_samples(data, tmp_path / "2", workers=2, epochs=2)
+    first, second = (torch.cat([x for x, _, _ in batches]) for batches in workers)
+    assert first.shape == second.shape and not torch.equal(first, second)
+    for epoch_alone, epoch_workers in zip(alone, workers, strict=True):
+        for a, b in zip(epoch_alone, epoch_workers, strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_interrupted_run_resumes_where_it_stopped(data, tmp_path, monkeypatch, workers):
+    """Killed after epoch 1 of 3, resumed: same weights as a run never interrupted,
+    with or without loader workers."""
+    settings = {"unet.epochs": 3, "machine.workers": workers}
     train_network(data, tmp_path / "straight", **settings)
     interrupted_after_one_epoch(data, tmp_path / "resumed", monkeypatch, **settings)
     last = torch.load(tmp_path / "resumed/unet.last.pt", weights_only=True)
@@ -281,7 +336,8 @@ def train_command(data, out: Path, network: str = "unet", **settings) -> list[st
 def test_two_process_ddp_from_python_reports_once_with_the_same_checkpoint_format(data, tmp_path):
     """train.nproc_per_node=2 from `main([...])`: the command becomes torchrun with two gloo
     processes running the caller's arguments (not the Python process's own sys.argv), and
-    only the main process writes and reports."""
+    only the main process decodes the images (into the one file both map), writes and
+    reports."""
     args = train_command(data, tmp_path, **{"train.nproc_per_node": 2})
     script = f"import sys; from steelflow.cli import main; sys.exit(main({args!r}))"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -290,6 +346,7 @@ def test_two_process_ddp_from_python_reports_once_with_the_same_checkpoint_forma
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DistributedDataParallel with 2 processes (gloo)" in result.stderr
+    assert len(re.findall(r"steelflow.dataset: decoding \d+ images into", result.stderr)) == 1
     assert result.stdout.count('"best"') == 1, result.stdout
     ddp = torch.load(tmp_path / "unet.pt", weights_only=True)
     single_model = build_unet(ddp["config"]).state_dict()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,13 +18,15 @@ import torch
 from steelflow import rle
 from steelflow.cli import main
 from steelflow.config import load
-from steelflow.io import read_masks
+from steelflow.io import COLUMNS, read_masks, read_sample_ids, write_submission
 from steelflow.masks import MaskCache, build
 from steelflow.models import build_classifier, build_unet
 from steelflow.predict import Thresholds, drop_small_components, postprocess
 from steelflow.tune import Evidence, area_bounds, areas_above, class_dice, search
 from tests.conftest import FOLDS, TEST_CONFIG, models_args
 from tests.test_rle import reference_decode
+
+EMPTY = pd.DataFrame(columns=COLUMNS)
 
 TUNE = load(TEST_CONFIG)["tune"]
 
@@ -195,9 +198,11 @@ def test_submission_layout_and_score(project, tmp_path, capsys):
         main(["submit", *models_args(project), "--raw", str(project / "raw"), "--out", str(out)])
         == 0
     )
-    sample = pd.read_csv(project / "raw/sample_submission.csv")
+    image_ids = read_sample_ids(project / "raw/sample_submission.csv")
     submission = pd.read_csv(out, keep_default_na=False)
-    assert submission.ImageId_ClassId.tolist() == sample.ImageId_ClassId.tolist()
+    assert list(submission.columns) == ["ImageId", "EncodedPixels", "ClassId"]
+    assert submission.ImageId.tolist() == [i for i in image_ids for _ in range(4)]
+    assert submission.ClassId.tolist() == [1, 2, 3, 4] * len(image_ids)
     for text in submission.EncodedPixels:
         assert text == "" or rle.encode(rle.decode(text)) == text
     metrics = tmp_path / "metrics.json"
@@ -241,9 +246,86 @@ def test_submission_layout_and_score(project, tmp_path, capsys):
     assert result["empty_baseline"] <= 1 and result["images"] == 6
 
 
+SAMPLES = {  # sample_submission.csv as Kaggle served it at launch and serves it today
+    "launch": lambda ids: (
+        ["ImageId_ClassId,EncodedPixels"] + [f"{i}_{c},1 1" for i in ids for c in range(1, 5)]
+    ),
+    "current": lambda ids: ["ImageId,EncodedPixels,ClassId"] + [f"{i},1 409600,0" for i in ids],
+}
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_a_local_zip_in_todays_layout_goes_from_fetch_to_submit_to_score(project, tmp_path, sample):
+    raw = project / "raw"
+    ids = read_sample_ids(raw / "sample_submission.csv")[::-1]  # an order of its own
+    archive = tmp_path / "severstal-steel-defect-detection.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(raw / "train.csv", "train.csv")  # ImageId,ClassId,EncodedPixels
+        for image in sorted((raw / "train_images").iterdir()):
+            zf.write(image, f"train_images/{image.name}")
+        for image in ids:
+            zf.write(raw / "test_images" / image, f"test_images/{image}")
+        zf.writestr("sample_submission.csv", "\n".join(SAMPLES[sample](ids)) + "\n")
+    fetched = tmp_path / "raw"
+    local = ["--set", "data.source=local", "--set", f"data.local_path={archive}"]
+    assert main(["fetch", "--config", str(TEST_CONFIG), *local, "--out", str(fetched)]) == 0
+
+    scores = {}
+    for layout in ("current", "launch"):
+        out = tmp_path / f"{layout}.csv"
+        args = ["submit", *models_args(project), "--set", f"submit.layout={layout}"]
+        assert main([*args, "--raw", str(fetched), "--out", str(out)]) == 0
+        metrics = tmp_path / f"{layout}.json"
+        truth = ["--truth", str(raw / "test_truth.csv"), "--out", str(metrics)]
+        assert main(["score", "--submission", str(out), *truth]) == 0
+        scores[layout] = json.loads(metrics.read_text())
+    lines = (tmp_path / "current.csv").read_text().splitlines()
+    assert lines[0] == "ImageId,EncodedPixels,ClassId" and len(lines) == 1 + 4 * len(ids)
+    assert [line.split(",")[0] for line in lines[1::4]] == ids
+    assert [line.rsplit(",", 1)[1] for line in lines[1:]] == ["1", "2", "3", "4"] * len(ids)
+    assert scores["current"] == scores["launch"] and scores["current"]["images"] == len(ids)
+    pd.testing.assert_frame_equal(
+        read_masks(tmp_path / "current.csv").reset_index(drop=True),
+        read_masks(tmp_path / "launch.csv").reset_index(drop=True),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ImageId,ClassId\nx.jpg,0\n", ", line 1: header 'ImageId,ClassId' fits no layout"),
+        (
+            "ImageId,EncodedPixels,ClassId\nx.jpg,1 409600,9\n",
+            ", line 2: ClassId '9' is not one of 0,",
+        ),
+        (
+            "ImageId,EncodedPixels,ClassId\ngone.jpg,1 409600,0\n",
+            ": image test_images/gone.jpg is missing",
+        ),
+    ],
+)
+def test_a_bad_sample_submission_stops_fetch_with_one_line_naming_file_and_line(
+    project, tmp_path, capsys, text, message
+):
+    folder = tmp_path / "kaggle"
+    shutil.copytree(project / "raw", folder)
+    (folder / "sample_submission.csv").write_text(text)
+    local = ["--set", "data.source=local", "--set", f"data.local_path={folder}"]
+    out = tmp_path / "raw"
+    assert main(["fetch", "--config", str(TEST_CONFIG), *local, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{folder}/sample_submission.csv{message}" in err[0]
+    assert not out.exists()
+
+
+def empty_submission(project: Path, path: Path) -> Path:
+    """A submission of no masks for the project's test images."""
+    write_submission(path, EMPTY, read_sample_ids(project / "raw/sample_submission.csv"))
+    return path
+
+
 def test_score_without_truth_says_so(project, tmp_path):
-    sub = tmp_path / "sub.csv"
-    shutil.copy(project / "raw/sample_submission.csv", sub)
+    sub = empty_submission(project, tmp_path / "sub.csv")
     assert (
         main(
             [
@@ -278,11 +360,10 @@ def test_predict_on_a_folder_of_user_images(project, tmp_path):
     assert main(args) == 0
     table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert table.equals(pd.read_csv(plain / "predictions.csv", keep_default_na=False))
-    assert table.ImageId_ClassId.tolist() == [
-        f"{n}_{c}" for n in ("a.jpg", "b.png", "small.png") for c in range(1, 5)
-    ]
-    for key, text in zip(table.ImageId_ClassId, table.EncodedPixels, strict=True):
-        shape = (128, 800) if key.startswith("small") else (256, 1600)
+    assert table.ImageId.tolist() == [n for n in ("a.jpg", "b.png", "small.png") for _ in range(4)]
+    assert table.ClassId.tolist() == [1, 2, 3, 4] * 3
+    for image, text in zip(table.ImageId, table.EncodedPixels, strict=True):
+        shape = (128, 800) if image.startswith("small") else (256, 1600)
         rle.decode(text, shape)  # the RLE fits the image's own size
     for name in ("a", "b", "small"):
         overlay = cv2.imread(str(out / f"{name}.png"))
@@ -556,8 +637,7 @@ def test_bad_thresholds_stop_predict_with_one_line_naming_them(project, tmp_path
 
 @pytest.mark.parametrize("kind", ["missing", "truncated", "foreign", "binary"])
 def test_a_bad_submission_stops_score_with_one_line_naming_it(project, tmp_path, capsys, kind):
-    good = tmp_path / "good.csv"
-    shutil.copy(project / "raw/sample_submission.csv", good)
+    good = empty_submission(project, tmp_path / "good.csv")
     files = bad_files(tmp_path / "bad", good)
     files["foreign"].write_text('{"non_overlap": false}\n')  # thresholds JSON, not a CSV
     files["binary"] = tmp_path / "bad/binary.csv"
@@ -598,7 +678,7 @@ def test_each_network_sees_at_prediction_the_pixels_it_trained_on(project, tmp_p
         trained_on = SteelDataset(decoded, cache, ids)
         for i, image in enumerate(ids):
             seen = torch.from_numpy(views[i][scale])[None]
-            assert torch.equal(seen, trained_on[i][0]), f"{network}, {image}"
+            assert torch.equal(seen, trained_on[i, 0][0]), f"{network}, {image}"
 
 
 def test_out_of_fold_evidence_holds_each_validation_image_once_by_its_own_models(project):

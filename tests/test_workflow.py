@@ -486,3 +486,29 @@ def test_each_stage_code_is_what_its_command_imports():
     assert all((ROOT / f).is_file() for f in train | tune)
     with pytest.raises(ValueError, match="no stage 'nope'"):
         stage_code("nope")
+
+
+def test_fold_jobs_side_by_side_claim_gpus_of_their_own(project, tmp_path_factory, monkeypatch):
+    """--resources gpu=2 only counts GPUs: each training job claims its own and trains
+    with CUDA_VISIBLE_DEVICES naming it. Two GPUs are offered as a user offers them, by
+    CUDA_VISIBLE_DEVICES=0,1; the jobs ask for one each and a core, as train.device: cuda
+    asks, while train.device: auto trains on the CPU where CUDA finds no GPU. Jobs that
+    ran one after the other would both have GPU 0: different GPUs mean they overlapped."""
+    two_folds(project)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))  # own locks
+    as_gpu_jobs = ["--set-threads", "train_unet=1", "--set-resources", "train_unet:gpu=1"]
+    unets = ["models/unet_f0.pt", "models/unet_f1.pt"]  # first: options take what follows
+    snakemake(*unets, "--cores", "2", "--resources", "gpu=2", *as_gpu_jobs, cwd=project)
+    logs = [(project / f"logs/train_unet_f{fold}.log").read_text() for fold in (0, 1)]
+    claimed = [re.findall(r"CUDA_VISIBLE_DEVICES=(\S+): this job's GPU", log) for log in logs]
+    assert sorted(claimed) == [["0"], ["1"]]
+
+    # disk_mb: the decoded images of every row of the split at the scale, one file for
+    # the job's processes; read from the split when the job runs (a dry run shows <TBD>),
+    # so --touch runs it
+    bigger = ["--config", "unet={scale: 1.0}", "train={nproc_per_node: 2}"]
+    touch = ["models/unet_f0.pt", "--touch", "--cores", "2", "--forcerun", "train_unet"]
+    shown = snakemake(*touch, *bigger, cwd=project).stderr
+    rows = len(pd.read_csv(project / "results/split.csv"))
+    assert f"disk_mb={round(rows * 256 * 1600 / 1e6) + 1000}," in shown

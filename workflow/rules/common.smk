@@ -90,11 +90,32 @@ def fold_models(network):
 
 
 def train_threads():
-    """Cores of a training job: all of them on a CPU; on GPUs its loader workers and
-    itself, so that fold jobs run side by side, as many as --resources gpu=N allows."""
+    """Cores of a training job: all of them on a CPU; on GPUs each process's loader
+    workers and itself (train.nproc_per_node processes), so that fold jobs run side by
+    side, as many as --resources gpu=N allows."""
     if config["train"]["device"] == "cuda":
-        return config["machine"]["workers"] + 1
+        return config["train"]["nproc_per_node"] * (config["machine"]["workers"] + 1)
     return workflow.cores
+
+
+def train_disk_mb(network):
+    """disk_mb of a training job of ``network``: its decoded images in resources.tmpdir
+    (Snakemake's $TMPDIR, where steelflow.train.scratch_folder puts them): one uint8
+    array, shared by the job's processes, of at most every image of results/split.csv
+    (one row each), at
+    the network's scale: 256x1600 bytes an image at scale 1 (the Kaggle U-Net: 12,568
+    images, 5,150 MB), plus 1,000 MB for checkpoints and slack. Before the split exists
+    Snakemake holds the value as "to be determined" (reading the file fails) and asks
+    again when the job is ready to run, so the count is the real one, never a guess."""
+    scale = config[network]["scale"]
+    image_mb = round(256 * scale) * round(1600 * scale) / 1e6
+
+    def disk_mb(wildcards, input):
+        with open(input.split) as split:
+            images = sum(1 for _ in split) - 1  # a header, then one row per image
+        return round(images * image_mb) + 1000
+
+    return disk_mb
 
 
 def gpus():

@@ -35,6 +35,7 @@ rule train_classifier:
     threads: train_threads()
     resources:
         gpu=gpus(),
+        disk_mb=train_disk_mb("classifier"),
     conda:
         "../envs/steelflow.yaml"
     shell:
@@ -69,6 +70,7 @@ rule train_unet:
     threads: train_threads()
     resources:
         gpu=gpus(),
+        disk_mb=train_disk_mb("unet"),
     conda:
         "../envs/steelflow.yaml"
     shell:

@@ -43,7 +43,7 @@ rule submit:
         "submission.csv",
     params:
         config=CONFIG,
-        settings=settings("train", "predict"),
+        settings=settings("train", "predict", "submit"),
     log:
         "logs/submit.log",
     benchmark:

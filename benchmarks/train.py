@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 from common import cpu_name, write_results
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from steelflow import synthetic, train
 from steelflow.config import load
+from steelflow.dataset import EpochSampler
 from steelflow.device import memory_format, pick_precision
 from steelflow.masks import MaskCache, build
 from steelflow.split import assign_folds
@@ -94,7 +95,7 @@ def measure(name: str, folder: str, batches: int, queue) -> None:
     loader = DataLoader(
         dataset,
         batch_size=task.cfg["batch_size"],
-        shuffle=True,
+        sampler=EpochSampler(RandomSampler(dataset)),
         num_workers=config["machine"]["workers"],
     )
     precisions = {"fp32": "fp32", "config": config["train"]["precision"]}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The GPU checks in one command, on a CUDA machine with the project installed:
+# the tests marked gpu, then configs/kaggle.yaml at Kaggle scale (benchmarks/gpu.py:
+# 12,568 synthetic train images, 8 loader workers, bf16 or fp16 as `auto` picks,
+# one epoch of each network, the 5,506 test images predicted), which writes
+# benchmarks/results/gpu.json and gpu.md. About 10 minutes on an H200.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pytest -m gpu -q -p no:cacheprovider tests
+cd benchmarks
+python gpu.py --train 12568 --test 5506 "$@"

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from steelflow.atomic import atomic_dir
+from steelflow.errors import SteelflowError
 
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout the wheel is built from
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "steelflow")
@@ -37,7 +38,7 @@ def build_wheel(out: Path) -> Path:
     that the checkout gets no build folders."""
     missing = [name for name in SOURCES if not (ROOT / name).exists()]
     if missing:
-        raise ValueError(
+        raise SteelflowError(
             f"{ROOT / missing[0]} not found: the bundle builds its wheel from a steelflow "
             "source checkout"
         )
@@ -67,7 +68,7 @@ def build(
     the Kaggle dataset id (``owner/slug``). Returns the files written."""
     for path in [thresholds, *(p for folds in models.values() for p in folds.values())]:
         if not Path(path).is_file():
-            raise ValueError(
+            raise SteelflowError(
                 f"{path}: not found (the bundle needs every fold's models and tune's thresholds)"
             )
     with atomic_dir(out) as tmp:

@@ -41,6 +41,8 @@ def load(path: Path, task: str | None = None, device: str | torch.device = "cpu"
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(

@@ -411,6 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     except SteelflowError as e:  # bad input, told in one line; anything else is a bug
         print(f"steelflow {args.stage}: error: {e}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as e:  # one steelflow needs, not installed: also one line
+        from steelflow.requirements import missing
+
+        if missing(e.name) is None:
+            raise
+        print(f"steelflow {args.stage}: error: {missing(e.name)}", file=sys.stderr)
+        return 1
     return 0
 
 

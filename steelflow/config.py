@@ -125,6 +125,8 @@ def read(path: str | Path) -> dict[str, Any]:
         config = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         reason = " ".join(str(e).split())
         raise ConfigError(f"{path}: not a YAML config file: {reason}") from None

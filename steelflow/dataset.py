@@ -43,7 +43,11 @@ def decode_gray(data: np.ndarray, name: str | Path) -> np.ndarray:
 
 def read_gray(path: Path) -> np.ndarray:
     """Read an image file as uint8 gray, at its own size."""
-    return decode_gray(np.fromfile(path, np.uint8), path)
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise SteelflowError(f"{path}: cannot be read ({e.strerror})") from None
+    return decode_gray(data, path)
 
 
 def shape_at(scale: float) -> tuple[int, int]:
@@ -101,6 +105,7 @@ class DecodedImages:
     def __init__(self, images_dir: Path, image_ids: list[str], scale: float, folder: Path):
         self.scale = scale
         self.rows = {image_id: row for row, image_id in enumerate(image_ids)}
+        # the others wait for the path; should decoding fail, torchrun stops them
         path = self._decode(images_dir, image_ids, folder) if is_main() else None
         self.path = from_main(path)
         self.pixels = np.load(self.path, mmap_mode="r")

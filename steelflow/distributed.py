@@ -74,7 +74,7 @@ def relaunch(argv: list[str], processes: int) -> None:
     """Replace this process with torchrun running ``steelflow`` ``argv`` in ``processes``.
 
     torchrun keeps this process's environment, CUDA_VISIBLE_DEVICES included, and its
-    inheritable descriptors: the GPUs claimed (``device.claimed_gpus``) stay claimed."""
+    inheritable descriptors: the GPUs claimed (``gpus.claimed_gpus``) stay claimed."""
     launcher = [
         sys.executable,
         "-m",

@@ -35,7 +35,8 @@ POLL_S = 2.0  # between tries while every GPU is held by other jobs
 def gpu_pool() -> list[str]:
     """The ids of the GPUs jobs share out: those of CUDA_VISIBLE_DEVICES when it is set
     (as a user or Slurm set it for Snakemake), else each GPU ``nvidia-smi -L`` lists;
-    none without either. Asks neither torch nor CUDA, which must not start before
+    none without either (with nvidia-smi's ids, CUDA is told to number the GPUs the
+    same way). Asks neither torch nor CUDA, which must not start before
     CUDA_VISIBLE_DEVICES is set."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -46,6 +47,7 @@ def gpu_pool() -> list[str]:
         ).stdout
     except (OSError, subprocess.SubprocessError):  # no NVIDIA driver
         return []
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA numbers the GPUs as nvidia-smi does
     return [str(i) for i, _ in enumerate(re.findall(r"^GPU \d+:", listed, re.MULTILINE))]
 
 

@@ -112,7 +112,10 @@ def read_masks(path: str | Path) -> pd.DataFrame:
 def read_sample_ids(path: str | Path) -> list[str]:
     """The ImageIds of a sample_submission.csv in any layout, in file order, each once
     (today's placeholder rows of ClassId 0 included; their masks are not read)."""
-    return list(dict.fromkeys(_read(path, (PLACEHOLDER, *CLASSES)).ImageId))
+    ids = list(dict.fromkeys(_read(path, (PLACEHOLDER, *CLASSES)).ImageId))
+    if not ids:
+        raise FormatError(f"{path}: no image rows; expected one or more test images")
+    return ids
 
 
 def read_image_ids(path: str | Path) -> list[str]:
@@ -135,13 +138,13 @@ def submission_table(masks: pd.DataFrame, image_ids: Sequence[str], layout: str)
     if len(extra):
         image, cls = extra[0]
         raise FormatError(f"mask for image {image} class {cls} is not one of the sample's")
-    rles = given.reindex(keys, fill_value="").to_numpy()
-    images, classes = keys.get_level_values(0), keys.get_level_values(1)
-    if layout == "launch":
-        return pd.DataFrame(
-            {"ImageId_ClassId": [f"{i}_{c}" for i, c in keys], "EncodedPixels": rles}
-        )
-    return pd.DataFrame({"ImageId": images, "EncodedPixels": rles, "ClassId": classes})
+    columns = {
+        "ImageId": keys.get_level_values(0),
+        "ClassId": keys.get_level_values(1),
+        "ImageId_ClassId": [f"{i}_{c}" for i, c in keys],
+        "EncodedPixels": given.reindex(keys, fill_value="").to_numpy(),
+    }
+    return pd.DataFrame({name: columns[name] for name in LAYOUTS[layout]})
 
 
 def write_submission(

@@ -27,7 +27,9 @@ def pixel_loss(
     (1 - p_true) ** gamma, so easy background counts little)."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     if focal_gamma:
-        bce = bce * (1 - torch.exp(-bce)) ** focal_gamma  # exp(-bce) = p of the true label
+        p = torch.sigmoid(logits)
+        p_true = p * target + (1 - p) * (1 - target)  # of the label, soft targets too
+        bce = bce * (1 - p_true) ** focal_gamma
     weight = torch.tensor(pos_weight, dtype=logits.dtype, device=logits.device)
     bce = bce * (1 + (weight.view(-1, *[1] * (logits.dim() - 2)) - 1) * target)
     return bce.mean(dim=(0, *range(2, logits.dim())))

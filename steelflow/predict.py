@@ -95,7 +95,7 @@ class Thresholds:
                 [int(c["min_area"]) for c in classes],
                 [int(c["min_component_area"]) for c in classes],
             )
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, OSError) as e:
             raise SteelflowError(
                 f"{path}: not thresholds from steelflow tune (expected JSON with "
                 f"non_overlap and classes 1-{C}, each with enabled, gate, threshold, min_area, "

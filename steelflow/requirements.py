@@ -56,6 +56,12 @@ NEEDS = (
 )
 
 
+def missing(module: str) -> str | None:
+    """The sentence for ``module`` not found, when steelflow needs it; else None."""
+    need = next((n for n in NEEDS if n.module == module), None)
+    return f"module {need} is missing; {need.wanted()}" if need else None
+
+
 class MissingRequirement(SteelflowError):
     """A module steelflow needs is missing, cannot be imported, or is too old."""
 
@@ -101,7 +107,7 @@ def problems(needs: tuple[Need, ...] = NEEDS) -> list[str]:
             if e.name != need.module:  # the module is there, one of its own imports is not
                 found.append(f"module {need} cannot be imported ({e}); {need.wanted()}")
             else:
-                found.append(f"module {need} is missing; {need.wanted()}")
+                found.append(missing(need.module))
             continue
         except Exception as e:  # e.g. ImportError: libGL.so.1 for opencv-python
             reason = f"{type(e).__name__}: {e}".splitlines()[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import zipfile
@@ -24,6 +25,8 @@ from steelflow.io import read_masks, read_sample_ids
 
 COMPETITION = "severstal-steel-defect-detection"
 RULES_URL = f"https://www.kaggle.com/competitions/{COMPETITION}/rules"
+
+log = logging.getLogger(__name__)
 
 
 class SourceError(SteelflowError):
@@ -55,40 +58,174 @@ def fetch(data: dict, seed: int, out: Path, workers: int = 0) -> None:
 
 
 def download_kaggle(out: Path) -> None:
-    """Download and extract the competition files with the official kaggle package."""
+    """Download the competition's zip into ``out`` with the official kaggle package and
+    extract it there.
+
+    The package's progress bar shows on stderr and one line gives the archive's size;
+    every way the download can fail (credentials, rules, network, disk) is one
+    SourceError that says what to do.
+    """
+    api = _kaggle_api()
+    download = out / ".download"
+    download.mkdir()
+    try:
+        # its notes on stdout name our temporary folder and, on a failure, offer a resume
+        # that cannot happen (the folder goes); its progress bar is on stderr
+        with contextlib.redirect_stdout(io.StringIO()):
+            api.competition_download_files(COMPETITION, path=str(download), quiet=False)
+    except Exception as e:
+        error = _kaggle_error(e, api, out)
+        if error is None:
+            raise
+        raise error from None
+    archives = sorted(download.glob("*.zip"))
+    if not archives:
+        raise SourceError(
+            f"the Kaggle download of {COMPETITION} holds no zip archive but "
+            f"{sorted(os.listdir(download))}: update the kaggle package (pip install -U "
+            "kaggle) and run again"
+        )
+    for archive in archives:
+        log.info("downloaded %s from Kaggle: %.1f MB", archive.name, archive.stat().st_size / 1e6)
+        try:
+            zipfile.ZipFile(archive).close()
+        except zipfile.BadZipFile as e:
+            raise SourceError(
+                f"the archive {archive.name} downloaded from Kaggle is not a valid zip ({e}): "
+                "the download was probably cut off; run again"
+            ) from None
+        extract_zip(archive, out)
+    shutil.rmtree(download)
+
+
+NEW_TOKEN = (
+    "create a new token at https://www.kaggle.com/settings/api and set KAGGLE_API_TOKEN "
+    "to it or save it to ~/.kaggle/access_token (or run `kaggle auth login`)"
+)
+
+
+def _kaggle_api():
+    """The kaggle package's KaggleApi, authenticated; its help pages are kept off the screen."""
     quiet = io.StringIO()  # the package prints pages of help; our one line says it
+    api = None
     try:
         with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
             from kaggle.api.kaggle_api_extended import KaggleApi  # noqa: I001 (its import authenticates)
 
             api = KaggleApi()
             api.authenticate()
-    except (SystemExit, OSError, ValueError):
+    except ModuleNotFoundError as e:
+        if e.name != "kaggle":
+            raise
+        raise SourceError(
+            "data.source is 'kaggle' but the kaggle package is not installed: "
+            "pip install 'steelflow[workflow]' (or pip install kaggle), then run again"
+        ) from None
+    except SystemExit:  # it found no credentials it could use
+        token = _token_source()
+        if token:
+            raise SourceError(
+                f"Kaggle does not accept the token in {token} (expired or revoked): {NEW_TOKEN}; "
+                f"then accept the rules at {RULES_URL}"
+            ) from None
         raise SourceError(
             "no Kaggle credentials: run `kaggle auth login`, or set KAGGLE_API_TOKEN, or save "
             "a token to ~/.kaggle/access_token (legacy: ~/.kaggle/kaggle.json); "
             f"then accept the rules at {RULES_URL}"
         ) from None
-    download = out / ".download"
-    download.mkdir()
+    except Exception as e:  # checking a token asks Kaggle: refused, or no network
+        error = _kaggle_error(e, api, None)
+        if error is None:
+            raise
+        raise error from None
+    return api
+
+
+def _token_source() -> str | None:
+    """Where the kaggle package finds an access token (KAGGLE_API_TOKEN or
+    ~/.kaggle/access_token), None where there is none."""
     try:
-        api.competition_download_files(COMPETITION, path=str(download), quiet=False)
-    except Exception as e:
-        status = getattr(e, "status", None) or getattr(
-            getattr(e, "response", None), "status_code", None
+        from kagglesdk.kaggle_env import get_access_token_from_env
+    except ImportError:  # kaggle before 1.7 reads no access tokens
+        return None
+    token, source = get_access_token_from_env()
+    if not token:
+        return None
+    return "~/.kaggle/access_token" if source == "access_token" else source
+
+
+def _credentials_source(api) -> str:
+    """Where the credentials that ``api`` showed Kaggle came from, as the user gave them."""
+    values = getattr(api, "config_values", None) or {}
+    method = str(values.get("auth_method", ""))
+    if method == "OAUTH":
+        return "~/.kaggle/credentials.json (from `kaggle auth login`)"
+    if method == "LEGACY_API_KEY":
+        if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+            return "KAGGLE_USERNAME and KAGGLE_KEY"
+        return str(getattr(api, "config", "~/.kaggle/kaggle.json"))
+    return _token_source() or "the Kaggle credentials"
+
+
+def _http_status(e: BaseException) -> int | None:
+    """The HTTP status of a failed request: requests' HTTPError, or the ApiException of
+    kaggle before 1.7; None for other failures."""
+    response = getattr(e, "response", None)
+    status = getattr(e, "status", None) or getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _kaggle_error(e: Exception, api, out: Path | None) -> SourceError | None:
+    """The SourceError, saying what to do, for a failure of the kaggle package to
+    authenticate (``out`` None) or to download into ``out``; None where ``e`` is none
+    of these (a bug, which keeps its traceback)."""
+    import requests
+    import urllib3
+
+    status = _http_status(e)
+    detail = " ".join(str(e).split())  # one line, whatever the server sent
+    doing = "checking the credentials with Kaggle"
+    if out is not None:
+        doing = f"downloading {COMPETITION} from Kaggle"
+    user = (getattr(api, "config_values", None) or {}).get("username")
+    if status == 401:
+        return SourceError(
+            f"Kaggle refused the credentials in {_credentials_source(api)} (HTTP 401: wrong, "
+            f"expired or revoked): {NEW_TOKEN}; then run again"
         )
-        if status in (401, 403) or "403" in str(e):
-            raise SourceError(
-                f"Kaggle refused the download (HTTP {status or 403}): accept the competition "
-                f"rules at {RULES_URL}, then run again"
-            ) from None
-        raise SourceError(f"could not download {COMPETITION} from Kaggle: {e}") from None
-    archives = sorted(download.glob("*.zip"))
-    if not archives:
-        raise SourceError(f"the Kaggle download holds no zip archive: {os.listdir(download)}")
-    for archive in archives:
-        extract_zip(archive, out)
-    shutil.rmtree(download)
+    if status == 403:
+        return SourceError(
+            f"Kaggle refused the download (HTTP 403: {detail}): accept the competition rules "
+            f"at {RULES_URL}" + (f" signed in as {user}" if user else "") + ", then run again"
+        )
+    if status == 429:
+        return SourceError(
+            f"Kaggle is limiting this account's requests (HTTP 429) while {doing}: "
+            "wait a few minutes, then run again"
+        )
+    if status is not None:
+        return SourceError(
+            f"Kaggle answered HTTP {status} ({detail}) while {doing}: run again later; if it "
+            "persists, update the kaggle package (pip install -U kaggle)"
+        )
+    if isinstance(e, OSError) and not isinstance(e, requests.RequestException):
+        if out is None:  # the token file or kaggle's config folder
+            return SourceError(
+                f"could not read the Kaggle credentials ({detail}): make that file readable "
+                "(and ~/.kaggle writable: kaggle keeps its settings there), then run again"
+            )
+        return SourceError(  # disk full, no permission
+            f"could not write the Kaggle download in {out.parent} ({detail}): free space there "
+            "(about twice the archive's size) or fetch to another --out, then run again"
+        )
+    if isinstance(e, (requests.RequestException, urllib3.exceptions.HTTPError, ValueError)):
+        # cut off (ChunkedEncodingError), no connection, timeout; ValueError: the file's
+        # size is not the server's Content-Length, or the server's answer is not JSON
+        return SourceError(
+            f"{doing} failed ({type(e).__name__}: {detail}) and nothing was kept: "
+            "check the network connection, then run again"
+        )
+    return None
 
 
 def copy_local(source: Path, out: Path) -> None:

@@ -113,7 +113,10 @@ class ClassifierTask(Task):
         return net
 
     def target(self, masks: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
-        return masks if self.cfg["head"] == "multilabel" else masks.amax(dim=1, keepdim=True)
+        """Where a defect lies, 0/1 however little of a pixel it covers (the masks hold
+        each pixel's defect share): per class, or any class for the binary head."""
+        found = (masks > 0).float()
+        return found if self.cfg["head"] == "multilabel" else found.amax(dim=1, keepdim=True)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """BCE of the image's logit against 'has a defect', plus BCE of each cell of the

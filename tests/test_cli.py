@@ -27,3 +27,16 @@ def test_any_other_error_keeps_its_traceback(monkeypatch, bug):
     monkeypatch.setattr(cli, "_masks", failing_stage(bug("a bug, not bad input")))
     with pytest.raises(bug, match="a bug"):
         cli.main(["masks"])
+
+
+def test_a_module_steelflow_needs_missing_is_one_line_naming_it(monkeypatch, capsys):
+    missing = ModuleNotFoundError("No module named 'cv2'", name="cv2")
+    monkeypatch.setattr(cli, "_masks", failing_stage(missing))
+    assert cli.main(["masks"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("steelflow masks: error: module cv2 (OpenCV) is missing; ")
+    assert "steelflow needs cv2>=4.8 (pip install opencv-python-headless, or opencv-python)" in line
+    other = ModuleNotFoundError("No module named 'nope'", name="nope")
+    monkeypatch.setattr(cli, "_masks", failing_stage(other))
+    with pytest.raises(ModuleNotFoundError):  # not one of steelflow's: a bug, with traceback
+        cli.main(["masks"])

@@ -76,6 +76,9 @@ def test_todays_sample_gives_its_image_ids_in_file_order(tmp_path):
         + "".join(f"{i}.jpg_{c},1 1\n" for i in "ba" for c in range(1, 5)),
     )
     assert read_sample_ids(launch) == ["b.jpg", "a.jpg"]
+    empty = write(tmp_path / "empty.csv", "ImageId,EncodedPixels,ClassId\n")
+    with pytest.raises(FormatError, match=r"empty\.csv: no image rows"):
+        read_sample_ids(empty)
     bad = write(tmp_path / "bad.csv", "ImageId,EncodedPixels,ClassId\nb.jpg,1 409600,0\na.jpg,,5\n")
     with pytest.raises(
         FormatError, match=r"bad\.csv, line 3: ClassId '5' is not one of 0, 1, 2, 3, 4"

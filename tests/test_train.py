@@ -30,6 +30,7 @@ from steelflow.dataset import (
     read_gray,
     split_ids,
 )
+from steelflow.errors import SteelflowError
 from steelflow.masks import MaskCache, build
 from steelflow.models import WeightsError, backbone, build_classifier, build_unet, image_logits
 from steelflow.tasks import ClassifierTask, UNetTask
@@ -131,6 +132,23 @@ def test_a_one_pixel_mask_lands_under_the_pixel_it_labels(scale):
     assert np.flatnonzero(scaled.reshape(4, -1).any(axis=1)).tolist() == [2]
     assert np.argwhere(scaled[2]).tolist() == [list(under)]
     assert scaled[2][under] == image[under] == round(255 * scale * scale)
+
+
+@pytest.mark.parametrize(("head", "channels"), [("multilabel", 4), ("binary", 1)])
+def test_the_classifier_is_told_a_defect_is_there_however_little_of_a_pixel_it_covers(
+    head, channels
+):
+    masks = torch.zeros(1, 4, 8, 8)
+    masks[0, 2, 3, 5] = 16 / 255  # a one-pixel pit at 1/4 scale covers 1/16 of its pixel
+    target = ClassifierTask(tiny_config(**{"classifier.head": head}), 0).target(masks, None)
+    assert target.shape == (1, channels, 8, 8) and target.max() == 1 and target.sum() == 1
+
+
+def test_an_image_that_cannot_be_read_is_named(tmp_path):
+    (tmp_path / "folder.jpg").mkdir()
+    for path in (tmp_path / "gone.jpg", tmp_path / "folder.jpg"):
+        with pytest.raises(SteelflowError, match=rf"{path.name}: cannot be read"):
+            read_gray(path)
 
 
 def test_a_rerun_clears_the_decoded_images_a_killed_run_left(tmp_path, monkeypatch):

@@ -41,6 +41,9 @@ class Need:
         where = ", or ".join(self.pip)
         return f"steelflow needs {self.module}>={self.minimum} (pip install {where})"
 
+    def absent(self) -> str:
+        return f"module {self} is missing; {self.wanted()}"
+
 
 NEEDS = (
     Need("torch", "2.4", ("torch",), "PyTorch"),
@@ -59,7 +62,7 @@ NEEDS = (
 def missing(module: str) -> str | None:
     """The sentence for ``module`` not found, when steelflow needs it; else None."""
     need = next((n for n in NEEDS if n.module == module), None)
-    return f"module {need} is missing; {need.wanted()}" if need else None
+    return need.absent() if need else None
 
 
 class MissingRequirement(SteelflowError):
@@ -107,7 +110,7 @@ def problems(needs: tuple[Need, ...] = NEEDS) -> list[str]:
             if e.name != need.module:  # the module is there, one of its own imports is not
                 found.append(f"module {need} cannot be imported ({e}); {need.wanted()}")
             else:
-                found.append(missing(need.module))
+                found.append(need.absent())
             continue
         except Exception as e:  # e.g. ImportError: libGL.so.1 for opencv-python
             reason = f"{type(e).__name__}: {e}".splitlines()[0]

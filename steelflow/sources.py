@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -142,16 +143,14 @@ def _kaggle_api():
 
 
 def _token_source() -> str | None:
-    """Where the kaggle package finds an access token (KAGGLE_API_TOKEN or
-    ~/.kaggle/access_token), None where there is none."""
-    try:
-        from kagglesdk.kaggle_env import get_access_token_from_env
-    except ImportError:  # kaggle before 1.7 reads no access tokens
-        return None
-    token, source = get_access_token_from_env()
-    if not token:
-        return None
-    return "~/.kaggle/access_token" if source == "access_token" else source
+    """Where the kaggle package finds an access token, as kagglesdk looks (KAGGLE_API_TOKEN,
+    then ~/.kaggle/access_token or .txt); None where there is none."""
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    for name in ("access_token", "access_token.txt"):
+        if (Path.home() / ".kaggle" / name).is_file():
+            return f"~/.kaggle/{name}"
+    return None
 
 
 def _credentials_source(api) -> str:
@@ -183,15 +182,22 @@ def _kaggle_error(e: Exception, api, out: Path | None) -> SourceError | None:
     import urllib3
 
     status = _http_status(e)
-    detail = " ".join(str(e).split())  # one line, whatever the server sent
+    # one line, whatever the server sent, and no signed link's query (it lets anyone download)
+    detail = re.sub(r"\?[^\s'\")]*", "", " ".join(str(e).split()))
     doing = "checking the credentials with Kaggle"
     if out is not None:
         doing = f"downloading {COMPETITION} from Kaggle"
     user = (getattr(api, "config_values", None) or {}).get("username")
+    url = str(getattr(getattr(e, "response", None), "url", "") or "")
     if status == 401:
         return SourceError(
             f"Kaggle refused the credentials in {_credentials_source(api)} (HTTP 401: wrong, "
             f"expired or revoked): {NEW_TOKEN}; then run again"
+        )
+    if status == 403 and url and "CompetitionApiService" not in url:  # the storage's link
+        return SourceError(
+            f"the storage refused Kaggle's download link ({detail}); links expire "
+            "and a new one is made on each try: check the computer's clock, then run again"
         )
     if status == 403:
         return SourceError(
@@ -219,10 +225,11 @@ def _kaggle_error(e: Exception, api, out: Path | None) -> SourceError | None:
             "(about twice the archive's size) or fetch to another --out, then run again"
         )
     if isinstance(e, (requests.RequestException, urllib3.exceptions.HTTPError, ValueError)):
-        # cut off (ChunkedEncodingError), no connection, timeout; ValueError: the file's
-        # size is not the server's Content-Length, or the server's answer is not JSON
+        # no connection, timeout, cut off (ChunkedEncodingError, after the client's own
+        # retries); ValueError: a size other than the Content-Length, or an answer not JSON
+        kept = "" if out is None else " and nothing was kept"
         return SourceError(
-            f"{doing} failed ({type(e).__name__}: {detail}) and nothing was kept: "
+            f"{doing} failed ({type(e).__name__}: {detail}){kept}: "
             "check the network connection, then run again"
         )
     return None

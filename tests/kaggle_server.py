@@ -24,7 +24,12 @@ What it answers, as Kaggle does:
 - the archive with Content-Length, ETag, Last-Modified and ranges (206), so the
   client's own retries resume; ``cut`` downloads are cut off half-way (the
   connection closes early); with ``content_length`` False the length is not sent,
-  so a cut download looks complete to the client.
+  so a cut download looks complete to the client; 403 from the storage where the
+  signed link has expired.
+
+The 401 and 403 bodies are those Kaggle sends (as quoted in the client's issue
+reports); that an unknown token is a 401 to IntrospectToken too, the storage's host,
+link and headers are a guess at Google Cloud Storage's.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sys
 import threading
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,9 +56,9 @@ class KaggleServer:
     """The stand-in server, started with ``with``; ``proxy`` is the URL to give as http_proxy.
 
     A test sets the state: ``tokens`` (access token -> username), ``keys`` (username ->
-    legacy key), ``rules_accepted``, ``cut`` (how many of the next archive downloads are
-    cut off half-way) and ``content_length``. ``calls`` records (method, URL, status,
-    auth) of each request: auth is "bearer", "basic" or None.
+    legacy key), ``rules_accepted``, ``link_expired``, ``cut`` (how many of the next
+    archive downloads are cut off half-way) and ``content_length``. ``calls`` records
+    (method, URL, status, auth) of each request: auth is "bearer", "basic" or None.
     """
 
     def __init__(self, archive: Path):
@@ -62,6 +68,7 @@ class KaggleServer:
         self.tokens: dict[str, str] = {}
         self.keys: dict[str, str] = {}
         self.rules_accepted = True
+        self.link_expired = False
         self.cut = 0
         self.content_length = True
         self.calls: list[tuple[str, str, int, str | None]] = []
@@ -79,9 +86,9 @@ class KaggleServer:
         class Handler(_Handler):
             kaggle = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
+        serve = {"poll_interval": 0.05}  # a quick shutdown
+        threading.Thread(target=self._httpd.serve_forever, kwargs=serve, daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -107,6 +114,16 @@ class KaggleServer:
                 self.cut -= 1
                 return True
             return False
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """A client that hangs up is no error (the tests read stderr); anything else is raised
+        in the server's thread, where it ends that request, and printed."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -164,8 +181,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(502, b"the stand-in Kaggle server forwards nothing")
         auth = self.kaggle.user(self.headers.get("Authorization"))[1]
         signed = parse_qs(url.query).get("X-Goog-Signature") == [SIGNATURE]
-        if url.path != ARCHIVE_PATH or not signed:
-            return self._send(403, b"<Error><Code>SignatureDoesNotMatch</Code></Error>", auth=auth)
+        if url.path != ARCHIVE_PATH or not signed or self.kaggle.link_expired:
+            refusal = (
+                b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code></Error>"
+            )
+            return self._send(403, refusal, {"Content-Type": "application/xml"}, auth)
         data, start = self.kaggle.archive, 0
         ranges = self.headers.get("Range", "")
         if_range = self.headers.get("If-Range")

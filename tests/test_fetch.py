@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import zipfile
@@ -252,52 +251,3 @@ def test_kaggle_without_credentials_says_what_to_do(no_kaggle_credentials, tmp_p
     assert code == 1 and len(lines) == 1 and "no Kaggle credentials" in lines[0]
     assert "accept the rules" in lines[0] and captured.out == ""
     assert not (tmp_path / "raw").exists() and not leftovers(tmp_path)
-
-
-def kaggle_api():
-    import importlib
-
-    with contextlib.redirect_stdout(io.StringIO()):  # its import prints a login help page
-        return importlib.import_module("kaggle.api.kaggle_api_extended")
-
-
-class FakeKaggle:
-    """Stands in for the Kaggle server, which this machine cannot reach."""
-
-    archive: Path | None = None
-    error: Exception | None = None
-
-    def authenticate(self):
-        pass
-
-    def competition_download_files(self, competition, path, quiet=True):
-        assert competition == "severstal-steel-defect-detection"
-        if self.error:
-            raise self.error
-        (Path(path) / "severstal-steel-defect-detection.zip").write_bytes(self.archive.read_bytes())
-
-
-class Forbidden(Exception):
-    status = 403
-
-
-def test_kaggle_rules_not_accepted(monkeypatch, tmp_path):
-    monkeypatch.setattr(kaggle_api(), "KaggleApi", FakeKaggle)
-    monkeypatch.setattr(FakeKaggle, "error", Forbidden("Forbidden"))
-    with pytest.raises(SourceError, match="accept the competition rules"):
-        fetch({"source": "kaggle"}, 0, tmp_path / "raw")
-    assert not (tmp_path / "raw").exists() and not leftovers(tmp_path)
-
-
-def test_kaggle_download_is_extracted_and_checked(monkeypatch, real_kaggle_folder, tmp_path):
-    archive = zip_folder(real_kaggle_folder, tmp_path / "download.zip")
-    monkeypatch.setattr(kaggle_api(), "KaggleApi", FakeKaggle)
-    monkeypatch.setattr(FakeKaggle, "archive", archive)
-    fetch({"source": "kaggle"}, 0, tmp_path / "raw")
-    assert len(read_masks(tmp_path / "raw" / "train.csv")) == 7
-    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [
-        "sample_submission.csv",
-        "test_images",
-        "train.csv",
-        "train_images",
-    ]

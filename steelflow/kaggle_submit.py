@@ -27,6 +27,12 @@ HERE = Path(__file__).resolve().parent
 KAGGLE_DATA = Path("/kaggle/input/severstal-steel-defect-detection")
 
 
+def fail(message: str) -> int:
+    """Tell ``message`` in one line; the exit status of a failure."""
+    print(f"submit.py: error: {message}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=KAGGLE_DATA, help=f"({KAGGLE_DATA})")
@@ -35,12 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for needed in (args.data / "test_images", args.data / "sample_submission.csv"):
         if not needed.exists():
-            print(
-                f"submit.py: error: {needed} not found: --data must be the competition's folder "
-                "(test_images/ and sample_submission.csv)",
-                file=sys.stderr,
+            return fail(
+                f"{needed} not found: --data must be the competition's folder "
+                "(test_images/ and sample_submission.csv)"
             )
-            return 1
     # --no-deps: the image's packages are used as they are (pip would otherwise insist on
     # pyproject's distributions, opencv-python-headless say, and fail offline);
     # --force-reinstall: this bundle's steelflow, even where another of the same version is in
@@ -48,12 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     options = ["--no-index", "--no-deps", "--force-reinstall", "--find-links", str(HERE / "wheels")]
     quiet = {**os.environ, "PIP_ROOT_USER_ACTION": "ignore"}  # a notebook runs as root
     if subprocess.run([*pip, *options, "steelflow"], env=quiet).returncode != 0:
-        print(
-            f"submit.py: error: pip could not install steelflow from {HERE / 'wheels'} "
-            "(its message is above)",
-            file=sys.stderr,
-        )
-        return 1
+        return fail(f"pip could not install steelflow from {HERE / 'wheels'} (see above)")
     # -P: the installed steelflow, never a steelflow folder in the working directory
     check = [sys.executable, "-P", "-m", "steelflow.requirements", "--prog", "submit.py"]
     if subprocess.run(check).returncode != 0:

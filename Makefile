@@ -19,3 +19,9 @@ run: $(STAMP)
 test: $(STAMP)
 	ruff check .
 	pytest
+
+# docs/benchmarks.md (from benchmarks/results/*.json) and docs/settings.md (from the
+# config schema), rebuilt byte for byte; `python benchmarks/report.py --check` only compares.
+.PHONY: docs
+docs: $(STAMP)
+	python benchmarks/report.py

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, RandomSampler
 from train import endless, images_per_s, make_data
 
 from steelflow.config import load
-from steelflow.dataset import EpochSampler, SteelDataset, at_scale, read_gray
+from steelflow.dataset import EpochSampler, SteelDataset, at_scale
+from steelflow.images import read_gray
 from steelflow.masks import MaskCache
 from steelflow.tasks import TASKS
 

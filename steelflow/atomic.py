@@ -1,15 +1,28 @@
-"""Atomic file output: write to a temporary name beside the target, then rename."""
+"""Atomic outputs: write to a temporary name beside the target, then rename; and the
+rule that an output never replaces what the user made.
+
+A folder a command writes holds a marker file (MARKER) naming the command. A later
+run of the same command may replace that folder; any other existing path is refused
+(``check_output_dir``), unless the user passes ``--force`` for a folder.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from steelflow.errors import SteelflowError
+
+log = logging.getLogger(__name__)
+
+MARKER = ".steelflow"  # in each output folder: "steelflow COMMAND", the command that wrote it
 
 
 @contextmanager
@@ -42,9 +55,62 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
+def written_by(path: Path) -> str | None:
+    """The command whose output folder ``path`` is (its marker), or None."""
+    try:
+        return (path / MARKER).read_text().strip().removeprefix("steelflow ")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output_dir(
+    path: str | Path, command: str, force: bool = False, inputs: tuple[Path, ...] = ()
+) -> None:
+    """Refuse, before any work, an output folder ``path`` that ``command`` would destroy.
+
+    It may not exist, or be a folder an earlier run of ``command`` wrote, or, with
+    ``force``, any other folder: then a warning says it will be replaced. Never a
+    file, the working folder or a folder above it, nor one holding one of ``inputs``.
+    """
+    path = Path(path).expanduser().resolve()
+    for item in (Path.cwd(), *inputs):
+        if _inside(Path(item).expanduser().resolve(), path):
+            what = "the working folder" if item == Path.cwd() else item
+            raise SteelflowError(
+                f"--out {path}: would replace {what}; choose a new folder for the output"
+            )
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise SteelflowError(f"--out {path}: exists and is not a folder; choose a new folder")
+    owner = written_by(path)
+    if owner == command:
+        return
+    if force:
+        log.warning("replacing %s and everything in it (--force)", path)
+        return
+    made = f"the output of steelflow {owner}" if owner else "not a folder steelflow wrote"
+    raise SteelflowError(
+        f"--out {path}: exists and is {made}; steelflow {command} replaces only its own "
+        "output folders: choose a new folder, or pass --force to replace it"
+    )
+
+
+def check_output_file(path: str | Path) -> None:
+    """Refuse, before any work, an output file ``path`` where a folder is."""
+    path = Path(path)
+    if path.is_dir():
+        raise SteelflowError(f"{path}: is a folder; expected the path of a file to write")
+
+
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path``; on success it replaces ``path``.
+def atomic_dir(path: str | Path, command: str) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path``,
+    marked as ``command``'s output (MARKER).
 
     The new folder is swapped in for the old one in one step, so a reader sees
     either the complete old folder or the complete new one (where the system
@@ -59,6 +125,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        (tmp / MARKER).write_text(f"steelflow {command}\n")
         if not (path.exists() and _exchange(tmp, path)):  # else tmp now holds the old folder
             if path.exists():
                 os.replace(path, old)

@@ -4,7 +4,8 @@
       wheels/steelflow-VERSION-py3-none-any.whl   the package (a Kaggle image has its dependencies)
       models/classifier_fF.pt, unet_fF.pt         the models of every trained fold
       thresholds.json, config.yaml                tune's choices, the run's resolved settings
-      dataset-metadata.json                       for `kaggle datasets create -p dist/kaggle`
+      dataset-metadata.json                       for `kaggle datasets create -p dist/kaggle
+                                                  --dir-mode zip` (without it, no subfolders)
       submit.py                                   installs offline, writes submission.csv
 
 submit.py installs the wheel alone (pip --no-index --no-deps), so the image's own
@@ -25,8 +26,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from steelflow import checkpoint
 from steelflow.atomic import atomic_dir
 from steelflow.errors import SteelflowError
+from steelflow.thresholds import Thresholds
 
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout the wheel is built from
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "steelflow")
@@ -65,13 +68,16 @@ def build(
 ) -> list[Path]:
     """Write the bundle folder ``out`` (atomically): ``models`` maps each network to its
     checkpoint per fold, ``settings`` is the resolved config as YAML text, ``dataset``
-    the Kaggle dataset id (``owner/slug``). Returns the files written."""
-    for path in [thresholds, *(p for folds in models.values() for p in folds.values())]:
-        if not Path(path).is_file():
-            raise SteelflowError(
-                f"{path}: not found (the bundle needs every fold's models and tune's thresholds)"
-            )
-    with atomic_dir(out) as tmp:
+    the Kaggle dataset id (``owner/slug``). Returns the files written.
+
+    Each file is checked before anything is written: the thresholds as ``submit``
+    reads them, each checkpoint as its network's (a U-Net given as the classifier is
+    refused); a bad one is SteelflowError naming it."""
+    Thresholds.load(thresholds)
+    for network, folds in models.items():
+        for path in folds.values():
+            checkpoint.load(path, task=network)
+    with atomic_dir(out, "bundle") as tmp:
         build_wheel(tmp / "wheels")
         (tmp / "models").mkdir()
         for network, folds in models.items():

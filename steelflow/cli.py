@@ -1,15 +1,24 @@
-"""The ``steelflow`` command: one subcommand per pipeline stage."""
+"""The ``steelflow`` command: one subcommand per pipeline stage.
+
+Existing outputs: a file is replaced. A folder (fetch, masks, predict, bundle) is
+written whole and swapped in: into a path that does not exist, or over a folder the
+same command wrote (it holds a .steelflow marker). Any other existing path is refused
+before any work, unless --force names a folder to replace; never a folder that holds
+the command's input or the working folder.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 
 from steelflow import __version__
-from steelflow.atomic import write_json
+from steelflow.atomic import check_output_dir, check_output_file, write_json
 from steelflow.errors import SteelflowError
 
 EDA_OUTPUTS = {  # the eda stage's files, each named on the command line
@@ -29,9 +38,25 @@ def _load(args: argparse.Namespace) -> dict:
     from steelflow.config import load
 
     config = load(args.config or ["config.yaml"], dict(args.overrides))
+    if "DVC_STAGE" in os.environ:  # a stage of dvc.yaml, run by DVC
+        _check_dvc_folds(config["train"]["folds"], Path(os.environ.get("DVC_ROOT", ".")))
     if config["machine"]["threads"]:
         torch.set_num_threads(config["machine"]["threads"])
     return config
+
+
+def _check_dvc_folds(folds: list[int], root: Path) -> None:
+    """dvc.yaml has one training stage per fold of config.yaml's train.folds (DVC reads
+    that list from config.yaml alone): other folds from an overlay would go untrained."""
+    from steelflow.config import format_override, load
+
+    planned = load(root / "config.yaml")["train"]["folds"]
+    if folds != planned:
+        setting = shlex.quote(f"config.yaml:{format_override('train.folds', folds)}")
+        raise SteelflowError(
+            f"train.folds {folds}: dvc.yaml trains config.yaml's folds {planned}, as DVC "
+            f"reads them from config.yaml alone; set them there: dvc exp run -S {setting}"
+        )
 
 
 def _settings(config: dict) -> str:
@@ -44,21 +69,62 @@ def _settings(config: dict) -> str:
 def _config(args: argparse.Namespace) -> None:
     from steelflow.atomic import atomic_path
 
-    text = _settings(_load(args))
+    config = _load(args)
+    text = _settings(config)
     if args.out:
         with atomic_path(args.out) as tmp:
             tmp.write_text(text)
+    if args.stages:
+        _write_stages(config, Path(args.stages))
     print(text, end="")
+
+
+def _write_stages(config: dict, folder: Path) -> None:
+    """One file per workflow stage: the fingerprint of its code and its settings, what
+    reruns it (a DVC stage depends on its file; the Snakefile has the same as params)."""
+    import yaml
+
+    from steelflow.atomic import atomic_path
+    from steelflow.code import fingerprint, stage_command
+    from steelflow.config import STAGE_SECTIONS, stage_settings
+
+    for stage in STAGE_SECTIONS.keys() - {"config"}:  # its own record is --out
+        record = {"code": fingerprint(stage_command(stage)), **stage_settings(config, stage)}
+        with atomic_path(folder / f"{stage}.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(record, sort_keys=False))
+
+
+def _uncovered(table, image_ids: list[str], path: str, what: str) -> None:
+    """SteelflowError unless ``table`` (read from ``path``) has rows for every image."""
+    listed = set(table.ImageId)
+    missing = [i for i in image_ids if i not in listed]
+    if missing:
+        raise SteelflowError(
+            f"{path}: no rows for {len(missing)} of the {len(image_ids)} images to score "
+            f"(first: {missing[0]}); {what}"
+        )
 
 
 def _score(args: argparse.Namespace) -> None:
     from steelflow.io import read_image_ids, read_masks
     from steelflow.metrics import score
 
+    if args.figure and not Path(args.test_images).is_dir():
+        raise SteelflowError(
+            f"--test-images {args.test_images}: not a folder (--figure draws its images)"
+        )
     pred = read_masks(args.submission)
     image_ids = read_image_ids(args.images) if args.images else list(dict.fromkeys(pred.ImageId))
+    _uncovered(pred, image_ids, args.submission, "a submission lists every image, clean or not")
     if Path(args.truth).is_file() or not args.allow_missing_truth:
         truth = read_masks(args.truth)
+        if not args.clean_unlisted:
+            _uncovered(
+                truth,
+                image_ids,
+                args.truth,
+                "a truth of defects only (as train.csv is today) needs --clean-unlisted",
+            )
         result = score(truth, pred, image_ids)
     else:
         truth = None
@@ -67,26 +133,30 @@ def _score(args: argparse.Namespace) -> None:
             "note": f"no test truth at {args.truth}: nothing to score",
             "images": len(image_ids),
         }
-    if args.out:
-        write_json(args.out, result)
-    if args.figure:
+    if args.figure:  # before --out: a figure that fails leaves no result behind
         from steelflow.report import plot_predictions
 
         plot_predictions(args.test_images, truth, pred, args.figure)
+    if args.out:
+        write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 
 def _fetch(args: argparse.Namespace) -> None:
-    from steelflow.sources import fetch
+    from steelflow.sources import fetch, local_path
 
     config = _load(args)
-    fetch(config["data"], config["seed"], Path(args.out), config["machine"]["draw_workers"])
+    data = config["data"]
+    given = data["local_path"] if data["source"] == "local" else None
+    check_output_dir(args.out, "fetch", args.force, (local_path(given),) if given else ())
+    fetch(data, config["seed"], Path(args.out), config["machine"]["draw_workers"])
 
 
 def _masks(args: argparse.Namespace) -> None:
     from steelflow.masks import build
 
     raw = Path(args.raw)
+    check_output_dir(args.out, "masks", args.force, (raw,))
     build(raw / "train.csv", raw / "train_images", Path(args.out))
 
 
@@ -123,9 +193,10 @@ def _train(args: argparse.Namespace) -> None:
     from steelflow.train import run
 
     config = _load(args)
-    if args.fold >= config["split"]["folds"]:
+    if not 0 <= args.fold < config["split"]["folds"]:
         raise SteelflowError(
-            f"--fold {args.fold}: expected a fold below split.folds ({config['split']['folds']})"
+            f"--fold {args.fold}: expected a fold from 0 to split.folds - 1 "
+            f"({config['split']['folds'] - 1})"
         )
     processes = config["train"]["nproc_per_node"]
     with claimed_gpus(config):  # this job's own GPUs, before CUDA starts; torchrun inherits them
@@ -158,6 +229,12 @@ def _fold_models(args: argparse.Namespace, folds: list[int]) -> dict[str, dict[i
         network: {f: Path(getattr(args, network).replace("{fold}", str(f))) for f in folds}
         for network in ("classifier", "unet")
     }
+
+
+def _inputs(args: argparse.Namespace) -> tuple[Path, ...]:
+    """The model and threshold files a command reads: its output may not hold them."""
+    paths = (args.classifier, args.unet, args.thresholds)
+    return tuple(Path(p).parent if "{fold}" in p else Path(p) for p in paths)
 
 
 def _predictor(models: dict[str, dict[int, Path]], config: dict, folds: list[int]):
@@ -204,11 +281,12 @@ def _submit(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from steelflow.io import read_sample_ids, write_submission
-    from steelflow.predict import Thresholds, check_submission, submission_rows
+    from steelflow.predict import check_submission, submission_rows
+    from steelflow.thresholds import Thresholds
 
     config = _load(args)
+    thresholds = Thresholds.load(Path(args.thresholds))  # the quick check first
     predictor = _ensemble(args, config)
-    thresholds = Thresholds.load(Path(args.thresholds))
     raw = Path(args.raw)
     image_ids = read_sample_ids(raw / "sample_submission.csv")
     rows = submission_rows(
@@ -221,12 +299,15 @@ def _submit(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from steelflow.predict import Thresholds, predict_folder
+    from steelflow.predict import predict_folder
+    from steelflow.thresholds import Thresholds
 
     config = _load(args)
+    check_output_dir(args.out, "predict", args.force, (Path(args.images), *_inputs(args)))
+    thresholds = Thresholds.load(Path(args.thresholds))  # the quick check first
     table = predict_folder(
         _ensemble(args, config),
-        Thresholds.load(Path(args.thresholds)),
+        thresholds,
         Path(args.images),
         Path(args.out),
         config["predict"]["batch_size"],
@@ -243,18 +324,30 @@ def _bundle(args: argparse.Namespace) -> None:
 
     config = _load(args)
     models = _fold_models(args, config["train"]["folds"])
+    check_output_dir(args.out, "bundle", args.force, _inputs(args))
     files = build(Path(args.out), models, Path(args.thresholds), _settings(config), args.dataset)
     size = sum(f.stat().st_size for f in files) / 2**20
     print(f"{args.out}: {len(files)} files, {size:.1f} MiB")
-    print(f"upload it: kaggle datasets create -p {args.out}")
+    print(f"upload it: kaggle datasets create -p {args.out} --dir-mode zip")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from steelflow.config import parse_override
 
-    parser = argparse.ArgumentParser(prog="steelflow", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="steelflow",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    replaceable = argparse.ArgumentParser(add_help=False)
+    replaceable.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even if it is a folder this command did not write (never one "
+        "holding the input or the working folder)",
+    )
     configured = argparse.ArgumentParser(add_help=False)
     configured.add_argument(
         "--config",
@@ -279,13 +372,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="the experiment settings the other stages read (all but machine), resolved",
     )
     p.add_argument("--out", help="also write it to this YAML file (e.g. results/config.yaml)")
-    p.set_defaults(run=_config)
+    p.add_argument(
+        "--stages",
+        metavar="FOLDER",
+        help="also write each stage's code fingerprint and settings to FOLDER/STAGE.yaml "
+        "(e.g. results/stages): what reruns it",
+    )
+    p.set_defaults(run=_config, files=["out"])
 
-    p = stages.add_parser("fetch", parents=[configured], help="raw data in the Kaggle layout")
+    p = stages.add_parser(
+        "fetch", parents=[configured, replaceable], help="raw data in the Kaggle layout"
+    )
     p.add_argument("--out", default="resources/raw", help="output folder (resources/raw)")
     p.set_defaults(run=_fetch)
 
-    p = stages.add_parser("masks", help="decode train.csv into the mask cache")
+    p = stages.add_parser(
+        "masks", parents=[replaceable], help="decode train.csv into the mask cache"
+    )
     p.add_argument("--raw", default="resources/raw", help="Kaggle layout folder (resources/raw)")
     p.add_argument("--out", default="results/masks", help="cache folder (results/masks)")
     p.set_defaults(run=_masks)
@@ -296,12 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, suffix in EDA_OUTPUTS.items():
         file = f"results/eda/{name}.{suffix}"
         p.add_argument(f"--{name.replace('_', '-')}", default=file, help=f"({file})")
-    p.set_defaults(run=_eda)
+    p.set_defaults(run=_eda, files=list(EDA_OUTPUTS))
 
     p = stages.add_parser("split", parents=[configured], help="stratified folds of the train set")
     p.add_argument("--masks", default="results/masks", help="mask cache (results/masks)")
     p.add_argument("--out", default="results/split.csv", help="output CSV (results/split.csv)")
-    p.set_defaults(run=_split)
+    p.set_defaults(run=_split, files=["out"])
 
     p = stages.add_parser("train", parents=[configured], help="train the classifier or the U-Net")
     p.add_argument("network", choices=["classifier", "unet"])
@@ -322,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the U-Net checkpoint whose encoder the classifier starts from "
         "(classifier.pretrained: unet), e.g. models/unet_f0.pt",
     )
-    p.set_defaults(run=_train)
+    p.set_defaults(run=_train, files=["out", "history", "curves"])
 
     models = argparse.ArgumentParser(add_help=False)
     for network, stage in (("classifier", "stage 1"), ("unet", "stage 2")):
@@ -347,22 +450,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="results/split.csv", help="folds (results/split.csv)")
     p.add_argument("--out", default="results/thresholds.json", help="(results/thresholds.json)")
     p.add_argument("--figure", default="results/thresholds.png", help="(results/thresholds.png)")
-    p.set_defaults(run=_tune)
+    p.set_defaults(run=_tune, files=["out", "figure"])
 
     p = stages.add_parser(
         "submit", parents=[configured, tuned], help="submission.csv for the test images"
     )
     p.add_argument("--raw", default="resources/raw", help="Kaggle layout folder (resources/raw)")
     p.add_argument("--out", default="submission.csv", help="(submission.csv)")
-    p.set_defaults(run=_submit)
+    p.set_defaults(run=_submit, files=["out"])
 
     p = stages.add_parser(
         "predict",
-        parents=[configured, tuned],
+        parents=[configured, tuned, replaceable],
         help="masks (and overlays) for a folder of your own images",
     )
     p.add_argument("images", help="folder of JPEG or PNG steel images")
-    p.add_argument("--out", required=True, help="output folder: predictions.csv (+ overlay PNGs)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder, new or an earlier predict's: predictions.csv (+ overlay PNGs)",
+    )
     p.add_argument(
         "--overlays", action="store_true", help="also draw one overlay PNG per image (slower)"
     )
@@ -370,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stages.add_parser(
         "bundle",
-        parents=[configured, tuned],
+        parents=[configured, tuned, replaceable],
         help="the models, thresholds and package as a folder a Kaggle notebook installs offline",
     )
     p.add_argument("--out", default="dist/kaggle", help="bundle folder (dist/kaggle)")
@@ -391,13 +498,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="without the truth file, write dice: null instead of failing",
     )
+    p.add_argument(
+        "--clean-unlisted",
+        action="store_true",
+        help="count images the truth has no rows for as clean (a truth of defects only, "
+        "as train.csv is today); without it, every image scored needs a row in the truth",
+    )
     p.add_argument("--figure", help="also draw predicted vs true masks of a few images (PNG)")
     p.add_argument(
         "--test-images",
         default="resources/raw/test_images",
         help="folder of the submission's images, for --figure",
     )
-    p.set_defaults(run=_score)
+    p.set_defaults(run=_score, files=["out", "figure"])
     return parser
 
 
@@ -407,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
+        for name in getattr(args, "files", []):
+            if getattr(args, name):
+                check_output_file(getattr(args, name))
         args.run(args)
     except SteelflowError as e:  # bad input, told in one line; anything else is a bug
         print(f"steelflow {args.stage}: error: {e}", file=sys.stderr)

@@ -14,6 +14,34 @@ from steelflow.errors import SteelflowError
 SCHEMA = Path(__file__).resolve().parent / "config.schema.yaml"
 
 
+EVERY = None  # a stage that reads every section but machine
+STAGE_SECTIONS = {  # the config sections each stage reads: a change reruns it
+    "config": EVERY,
+    "fetch": ("seed", "data"),
+    "masks": (),
+    "eda": ("seed", "eda"),
+    "split": ("seed", "split"),
+    "train_classifier": ("seed", "split", "train", "augment", "classifier"),
+    "train_unet": ("seed", "split", "train", "augment", "unet"),
+    "tune": ("split", "train", "tune", "predict"),
+    "submit": ("train", "predict", "submit"),
+    "score": (),
+    "bundle": EVERY,
+}
+
+
+def stage_settings(config: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The settings ``stage`` reads (STAGE_SECTIONS), never ``machine``; a training
+    stage's leave out train.folds, since which other folds train does not change one."""
+    sections = STAGE_SECTIONS[stage]
+    if sections is EVERY:
+        sections = [s for s in config if s != "machine"]
+    chosen = {section: config[section] for section in sections}
+    if stage.startswith("train_"):
+        chosen["train"] = {k: v for k, v in chosen["train"].items() if k != "folds"}
+    return chosen
+
+
 class ConfigError(SteelflowError):
     """A config that does not match the schema; the message names the key."""
 
@@ -54,6 +82,17 @@ def _filling_defaults(validator_class):
     return validators.extend(validator_class, {"properties": properties})
 
 
+def _strict_integers(validator_class):
+    """The validator with ``integer`` meaning an int: JSON Schema counts 1.0 as one,
+    but the code counts epochs and batches with it."""
+    from jsonschema import validators
+
+    checker = validator_class.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    return validators.extend(validator_class, type_checker=checker)
+
+
 def validate(config: dict[str, Any], schema: Path = SCHEMA) -> dict[str, Any]:
     """Validate ``config`` in place against the JSON schema, filling defaults.
 
@@ -64,7 +103,8 @@ def validate(config: dict[str, Any], schema: Path = SCHEMA) -> dict[str, Any]:
     if not schema.is_file():
         raise ConfigError(f"config schema not found at {schema}")
     try:
-        _filling_defaults(Draft202012Validator)(yaml.safe_load(schema.read_text())).validate(config)
+        validator = _filling_defaults(_strict_integers(Draft202012Validator))
+        validator(yaml.safe_load(schema.read_text())).validate(config)
     except ValidationError as e:
         raise ConfigError(f"invalid config: {_describe(e)}") from None
     outside = [f for f in config["train"]["folds"] if f >= config["split"]["folds"]]

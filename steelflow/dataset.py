@@ -25,29 +25,13 @@ from tqdm import tqdm
 from steelflow.device import usable_cores
 from steelflow.distributed import from_main, is_main
 from steelflow.errors import SteelflowError
+from steelflow.images import read_gray
 from steelflow.masks import MaskCache
 from steelflow.rle import SHAPE
 
 log = logging.getLogger(__name__)
 
 MEAN, STD = 0.4, 0.2  # gray levels / 255 of steel, roughly; inputs are (x - MEAN) / STD
-
-
-def decode_gray(data: np.ndarray, name: str | Path) -> np.ndarray:
-    """Decode an image file's bytes as uint8 gray, at its own size."""
-    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-    if image is None:
-        raise SteelflowError(f"{name}: cannot be read as an image (corrupt, or not a JPEG or PNG)")
-    return image
-
-
-def read_gray(path: Path) -> np.ndarray:
-    """Read an image file as uint8 gray, at its own size."""
-    try:
-        data = np.fromfile(path, np.uint8)
-    except OSError as e:
-        raise SteelflowError(f"{path}: cannot be read ({e.strerror})") from None
-    return decode_gray(data, path)
 
 
 def shape_at(scale: float) -> tuple[int, int]:
@@ -81,17 +65,30 @@ def normalise(gray: torch.Tensor) -> torch.Tensor:
     return (gray.float() / 255 - MEAN) / STD
 
 
-def split_ids(split_csv: Path, val_fold: int) -> tuple[list[str], list[str]]:
-    """(train ImageIds, validation ImageIds) of ``split.csv``."""
+def split_ids(split_csv: Path, val_fold: int, cache: MaskCache) -> tuple[list[str], list[str]]:
+    """(train ImageIds, validation ImageIds) of ``split.csv``, which must hold the images
+    of the mask ``cache`` it was made from, and ``val_fold``."""
     try:
         folds = pd.read_csv(split_csv, keep_default_na=False, dtype={"ImageId": str})
         ids, val = folds["ImageId"], folds["fold"] == val_fold
-        return ids[~val].tolist(), ids[val].tolist()
     except (ValueError, KeyError, UnicodeDecodeError, OSError) as e:
         raise SteelflowError(
             f"{split_csv}: not a split made by steelflow split (expected columns ImageId, fold; "
             f"{type(e).__name__}: {e})"
         ) from None
+    if set(ids) != set(cache.image_ids):
+        stale = sorted(set(ids) ^ set(cache.image_ids))
+        raise SteelflowError(
+            f"{split_csv}: made from another mask cache than {cache.folder} "
+            f"({len(stale)} images in one but not the other, e.g. {stale[0]}); "
+            "run steelflow split again"
+        )
+    if not val.any():
+        raise SteelflowError(
+            f"{split_csv}: fold {val_fold} has no images; its folds are "
+            f"{', '.join(map(str, sorted(set(folds['fold']))))}"
+        )
+    return ids[~val].tolist(), ids[val].tolist()
 
 
 class DecodedImages:

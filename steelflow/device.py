@@ -10,13 +10,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from steelflow.errors import SteelflowError
+
 log = logging.getLogger(__name__)
 
 NATIVE_BF16 = (8, 0)  # compute capability from which a GPU has bf16 tensor cores (Ampere)
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA, then MPS, then CPU; or the device named."""
+    """``auto``: CUDA, then MPS, then CPU; or the device named, which must be there."""
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
@@ -24,6 +26,13 @@ def pick_device(name: str) -> torch.device:
             name = "mps"
         else:
             name = "cpu"
+    elif name == "cuda" and not torch.cuda.is_available():
+        raise SteelflowError(
+            f"train.device: cuda, but torch {torch.__version__} finds no CUDA GPU here; "
+            "expected auto or cpu on this machine"
+        )
+    elif name == "mps" and not torch.backends.mps.is_available():
+        raise SteelflowError("train.device: mps, but there is no MPS device here; expected auto")
     if name == "cuda" and dist.is_initialized():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(name)

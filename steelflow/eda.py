@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from steelflow import rle
 from steelflow.atomic import write_json
-from steelflow.errors import SteelflowError
+from steelflow.images import read_gray
 from steelflow.io import CLASSES
 from steelflow.masks import SLOTS, MaskCache
 from steelflow.report import class_colour, outline, save
@@ -110,9 +109,7 @@ def plot_examples(
         for ax in ax_row:
             ax.axis("off")
         for ax, image in zip(ax_row, chosen, strict=False):
-            gray = cv2.imread(str(images_dir / image), cv2.IMREAD_GRAYSCALE)
-            if gray is None:
-                raise SteelflowError(f"{images_dir / image}: not a readable image")
+            gray = read_gray(images_dir / image)
             ax.imshow(outline(gray, cache[image], thickness=3))
             ax.set_title(f"class {cls}: {image}", fontsize=9, color=class_colour(cls))
     save(fig, path)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from steelflow import rle
 from steelflow.atomic import atomic_dir
 from steelflow.errors import SteelflowError
+from steelflow.images import list_images
 from steelflow.io import CLASSES, read_masks
 
 SLOTS = [f"mask_{c}" for c in CLASSES]
@@ -31,19 +32,20 @@ class MaskError(SteelflowError):
 
 
 def build(train_csv: Path, images_dir: Path, out: Path) -> None:
-    """Decode every mask of ``train_csv`` into the cache folder ``out``, atomically.
+    """Decode every mask of ``train_csv`` into the cache folder ``out``, atomically;
+    every image of ``images_dir`` (``list_images``) is listed.
 
     Malformed RLE and masks of two classes that overlap are errors naming the lines.
     """
     table = read_masks(train_csv)
     table = table[table.EncodedPixels != ""]
-    images = sorted(p.name for p in images_dir.glob("*.jpg"))
+    images = [path.name for path in list_images(images_dir)]
     unknown = sorted(set(table.ImageId) - set(images))
     if unknown:
         raise MaskError(f"{train_csv}: image {unknown[0]} has masks but is not in {images_dir}")
     height, width = rle.SHAPE
     index = pd.DataFrame(-1, index=pd.Index(images, name="ImageId"), columns=SLOTS)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "masks") as tmp:
         bits = np.lib.format.open_memmap(
             tmp / "bits.npy", mode="w+", dtype=np.uint8, shape=(len(table), height * width // 8)
         )
@@ -79,7 +81,7 @@ class MaskCache:
     """Read access to a mask cache: ``cache[image_id]`` is a (4, H, W) uint8 0/1 array."""
 
     def __init__(self, folder: str | Path):
-        folder = Path(folder)
+        self.folder = folder = Path(folder)
         try:
             self.index = pd.read_csv(folder / "index.csv", index_col="ImageId")
             self.shape = tuple(json.loads((folder / "shape.json").read_text()))

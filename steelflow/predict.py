@@ -23,11 +23,9 @@ images there are.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import TypeVar
@@ -39,11 +37,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from steelflow import checkpoint, rle
-from steelflow.dataset import at_scale, normalise, read_gray
+from steelflow.dataset import at_scale, normalise
 from steelflow.device import autocast, memory_format, pick_device, pick_precision, usable_cores
 from steelflow.errors import SteelflowError
+from steelflow.images import read_gray
 from steelflow.io import CLASSES
 from steelflow.models import build_classifier, build_unet, image_logits
+from steelflow.thresholds import Thresholds
 
 H, W = rle.SHAPE
 C = len(CLASSES)
@@ -64,48 +64,6 @@ def load_network(path: Path, task: str, device: torch.device):
             f"of another steelflow version?): {str(e).splitlines()[0]}"
         ) from None
     return model.to(device).eval(), state["config"]
-
-
-@dataclass
-class Thresholds:
-    """The non-overlap rule, and per class (index 0 = class 1) the post-processing and
-    the classifier gate: below it, the class is called absent."""
-
-    non_overlap: bool
-    enabled: list[bool]
-    gate: list[float]
-    pixel: list[float]
-    min_area: list[int]
-    min_component: list[int]
-
-    @classmethod
-    def load(cls, path: Path) -> Thresholds:
-        """Read ``steelflow tune``'s JSON; SteelflowError naming the file if it is not that."""
-        path = Path(path)
-        if not path.is_file():
-            raise SteelflowError(f"{path}: thresholds not found (made by steelflow tune)")
-        try:
-            data = json.loads(path.read_text())
-            classes = [data["classes"][str(c)] for c in CLASSES]
-            return cls(
-                bool(data["non_overlap"]),
-                [bool(c["enabled"]) for c in classes],
-                [float(c["gate"]) for c in classes],
-                [float(c["threshold"]) for c in classes],
-                [int(c["min_area"]) for c in classes],
-                [int(c["min_component_area"]) for c in classes],
-            )
-        except (ValueError, KeyError, TypeError, OSError) as e:
-            raise SteelflowError(
-                f"{path}: not thresholds from steelflow tune (expected JSON with "
-                f"non_overlap and classes 1-{C}, each with enabled, gate, threshold, min_area, "
-                f"min_component_area; "
-                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-            ) from None
-
-    def gated(self, class_prob: np.ndarray) -> np.ndarray:
-        """(N, C): whether each class of each image is on and past its classifier gate."""
-        return (class_prob >= np.array(self.gate)) & np.array(self.enabled)
 
 
 def exclusive(prob: torch.Tensor) -> torch.Tensor:
@@ -416,22 +374,6 @@ def submission_rows(
     ]
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-
-
-def list_user_images(folder: Path) -> list[Path]:
-    """The image files of ``folder``; a clear error for a missing folder or another file."""
-    if not folder.is_dir():
-        raise SteelflowError(f"{folder} is not a folder of images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise SteelflowError(f"{folder} holds no images: expected JPEG or PNG files")
-    for path in files:
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise SteelflowError(f"{path}: not a JPEG or PNG image (expected .jpg, .jpeg or .png)")
-    return files
-
-
 def predict_folder(
     predictor: Predictor,
     th: Thresholds,
@@ -442,7 +384,8 @@ def predict_folder(
     overlays: bool = False,
 ):
     """Masks for every image of ``folder``: ``out``/predictions.csv (in a submission's
-    ``layout``) and, with ``overlays``, one overlay PNG per image.
+    ``layout``) and, with ``overlays``, one overlay PNG per image, named after the
+    image's whole file name (``coil.jpg.png``), so ``coil.jpg`` and ``coil.png`` get one each.
 
     Images are streamed, a batch at a time, and resized for the networks as in
     training; an image of another size than 1600x256 has its masks resized back
@@ -452,10 +395,13 @@ def predict_folder(
     import pandas as pd
 
     from steelflow.atomic import atomic_dir
+    from steelflow.images import list_images
     from steelflow.io import submission_table
     from steelflow.report import save_overlay
 
-    names = [path.name for path in list_user_images(folder)]
+    names = [path.name for path in list_images(folder)]
+    if not names:
+        raise SteelflowError(f"{folder}: holds no images; expected JPEG or PNG files")
     kept = {}  # full-size images of the batches in flight: overlays, or a size to restore
 
     def read(name: str) -> Views:
@@ -465,7 +411,7 @@ def predict_folder(
         return predictor.views_of(gray)
 
     rows = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "predict") as tmp:
         for name, mask, texts in predict_images(predictor, th, names, read, batch_size):
             gray = kept.pop(name, None)
             if gray is not None and gray.shape != (H, W):
@@ -476,7 +422,7 @@ def predict_folder(
                 texts = rle.encode_many(mask)
             rows += [(name, c, text) for c, text in zip(CLASSES, texts, strict=True)]
             if overlays:
-                save_overlay(tmp / f"{Path(name).stem}.png", gray, mask)
+                save_overlay(tmp / f"{name}.png", gray, mask)
         found = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
         table = submission_table(found, names, layout)
         table.to_csv(tmp / "predictions.csv", index=False)

@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from steelflow.atomic import atomic_path  # noqa: E402
+from steelflow.images import read_gray  # noqa: E402
 
 # One colour per class (RGB), used by every figure that shows masks.
 CLASS_COLORS = {1: (230, 60, 200), 2: (60, 200, 60), 3: (0, 200, 255), 4: (255, 200, 0)}
@@ -111,7 +112,7 @@ def plot_predictions(
     fig, axes = plt.subplots(n, 1, figsize=(16, 1.9 * n), squeeze=False)
     axes = iter(axes[:, 0])
     for image in chosen:
-        gray = cv2.imread(str(Path(images_dir) / image), cv2.IMREAD_GRAYSCALE)
+        gray = read_gray(Path(images_dir) / image)
         for label, table in panels:
             ax = next(axes)
             ax.imshow(outline(gray, _masks_of(table, image), thickness=2))

@@ -1,8 +1,9 @@
 """Data sources for `steelflow fetch`: synthetic, Kaggle or local, each giving the Kaggle layout.
 
 The layout of the output folder: train.csv (``ImageId,ClassId,EncodedPixels``),
-train_images/*.jpg, test_images/*.jpg, sample_submission.csv (any layout the
-competition has used), and test_truth.csv when the truth is known (synthetic source).
+train_images/ and test_images/ (JPEG or PNG files only, ``images.list_images``),
+sample_submission.csv (any layout the competition has used), and test_truth.csv when
+the truth is known (synthetic source).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from steelflow import rle, synthetic
 from steelflow.atomic import atomic_dir, atomic_path
 from steelflow.errors import SteelflowError
+from steelflow.images import check_image_bytes, list_images
 from steelflow.io import read_masks, read_sample_ids
 
 COMPETITION = "severstal-steel-defect-detection"
@@ -37,7 +39,7 @@ class SourceError(SteelflowError):
 def fetch(data: dict, seed: int, out: Path, workers: int = 0) -> None:
     """Produce the Kaggle layout in ``out`` from the source ``data["source"]``, atomically;
     synthetic images are drawn by ``workers`` processes (0: one per CPU core)."""
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "fetch") as tmp:
         if data["source"] == "synthetic":
             cfg = data["synthetic"]
             synthetic.generate(
@@ -54,7 +56,7 @@ def fetch(data: dict, seed: int, out: Path, workers: int = 0) -> None:
         else:
             if not data.get("local_path"):
                 raise SourceError("data.source is 'local' but data.local_path is not set")
-            copy_local(Path(data["local_path"]), tmp)
+            copy_local(local_path(data["local_path"]), tmp)
         check_layout(tmp, label=str(data.get("local_path") or out))
 
 
@@ -235,6 +237,11 @@ def _kaggle_error(e: Exception, api, out: Path | None) -> SourceError | None:
     return None
 
 
+def local_path(given: str) -> Path:
+    """``data.local_path`` as a path: ``~`` and environment variables expanded."""
+    return Path(os.path.expandvars(given)).expanduser()
+
+
 def copy_local(source: Path, out: Path) -> None:
     """Copy a local Kaggle zip or extracted folder into ``out``."""
     if not source.exists():
@@ -279,8 +286,17 @@ def extract_zip(archive: Path, out: Path) -> None:
 
 
 def _check_image(path: Path, name: str) -> None:
+    """Refuse an image that is not whole (``check_image_bytes``), not 1600x256, or does
+    not decode."""
     try:
-        with Image.open(path) as im:
+        data = path.read_bytes()
+        check_image_bytes(data, name)
+    except OSError as e:
+        raise SourceError(f"{name}: cannot be read ({e.strerror})") from None
+    except SteelflowError as e:  # not a whole JPEG or PNG
+        raise SourceError(str(e)) from None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
             if im.size != (rle.SHAPE[1], rle.SHAPE[0]):
                 raise SourceError(
                     f"{name}: image is {im.size[0]}x{im.size[1]}, expected "
@@ -289,7 +305,7 @@ def _check_image(path: Path, name: str) -> None:
             im.draft("L", (im.size[0] // 8, im.size[1] // 8))  # decode at 1/8 scale: fast
             im.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise SourceError(f"{name}: not a readable JPEG ({e})") from None
+        raise SourceError(f"{name}: cannot be read as an image ({e})") from None
 
 
 def check_layout(root: Path, label: str) -> None:
@@ -297,7 +313,8 @@ def check_layout(root: Path, label: str) -> None:
 
     Every file the later stages read is read here, so a layout they cannot use
     fails before training: every train.csv row needs its image, every image of
-    sample_submission.csv its test image; every image must decode and be 1600x256.
+    sample_submission.csv its test image; every file of train_images/ and test_images/
+    must be a JPEG or PNG (``list_images``) that is whole, decodes and is 1600x256.
     Errors name the file as it is in ``label``, the source the user gave.
     """
     for name in ("train.csv", "sample_submission.csv"):
@@ -321,7 +338,10 @@ def check_layout(root: Path, label: str) -> None:
             raise SourceError(
                 f"{label}/sample_submission.csv: image test_images/{image} is missing"
             )
-    images = sorted(root.glob("train_images/*.jpg")) + sorted(root.glob("test_images/*.jpg"))
+    try:
+        images = list_images(root / "train_images") + list_images(root / "test_images")
+    except SteelflowError as e:
+        raise SourceError(str(e).replace(str(root), label)) from None
     for path in tqdm(images, desc="checking images", unit="img", mininterval=2):
         _check_image(path, f"{label}/{path.relative_to(root)}")
     with atomic_path(root / "train.csv") as tmp:  # a new file: never write through a link

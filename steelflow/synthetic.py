@@ -261,9 +261,16 @@ def _draw_file(
     return name, rle.encode_many(drawn.masks)
 
 
-def _mask_table(rows: list[tuple[str, list[str]]]) -> pd.DataFrame:
-    """New-layout table (ImageId, ClassId, EncodedPixels) of the non-empty masks."""
-    table = [(name, cls, text) for name, texts in rows for cls, text in enumerate(texts, 1) if text]
+def _mask_table(rows: list[tuple[str, list[str]]], clean: bool) -> pd.DataFrame:
+    """New-layout table (ImageId, ClassId, EncodedPixels) of the masks: the defects,
+    and with ``clean`` an empty row for each clean class too (a truth that names
+    every image it covers)."""
+    table = [
+        (name, cls, text)
+        for name, texts in rows
+        for cls, text in enumerate(texts, 1)
+        if text or clean
+    ]
     return pd.DataFrame(table, columns=COLUMNS).sort_values(["ImageId", "ClassId"])
 
 
@@ -279,7 +286,8 @@ def generate(
 ) -> None:
     """Write a synthetic data set in the Kaggle layout into the empty folder ``out``.
 
-    train.csv and test_truth.csv (``ImageId,ClassId,EncodedPixels``),
+    train.csv (defects only) and test_truth.csv (every image and class, empty where
+    clean), both ``ImageId,ClassId,EncodedPixels``,
     sample_submission.csv as Kaggle serves it today (one ``IMAGE,1 409600,0`` row
     per test image), train_images/ and test_images/.
     """
@@ -303,7 +311,7 @@ def generate(
                     unit="img",
                 )
             )
-            table = _mask_table(rows)
+            table = _mask_table(rows, clean=split == "test")
             table.to_csv(out / ("train.csv" if split == "train" else "test_truth.csv"), index=False)
             if split == "test":
                 names = sorted(name for name, _ in rows)

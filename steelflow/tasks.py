@@ -73,7 +73,7 @@ class Task:
     ) -> tuple[SteelDataset, SteelDataset]:
         """Train and validation sets of the fold, the images of ``images`` decoded into
         the folder ``scratch`` (which must outlive the sets)."""
-        train_ids, val_ids = split_ids(split, self.fold)
+        train_ids, val_ids = split_ids(split, self.fold, cache)
         val_ids = self.validation_ids(val_ids, cache)
         decoded = DecodedImages(images, train_ids + val_ids, self.cfg["scale"], scratch)
         train = SteelDataset(

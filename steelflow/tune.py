@@ -88,7 +88,7 @@ def out_of_fold(
     models (``predictors(fold)``): the validation folds of the trained models."""
     return Evidence.concat(
         [
-            gather(predictors(fold), images_dir, cache, split_ids(split, fold)[1], cfg)
+            gather(predictors(fold), images_dir, cache, split_ids(split, fold, cache)[1], cfg)
             for fold in folds
         ]
     )

@@ -13,7 +13,7 @@ def test_a_replaced_folder_is_always_there_complete(tmp_path):
     """While a folder of 200 files is replaced again and again, a reader polling it
     always finds a complete folder: the old one or the new one, never none."""
     target = tmp_path / "out"
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, "test") as tmp:
         (tmp / "complete").write_text("0")
     seen, stop = [], threading.Event()
 
@@ -25,7 +25,7 @@ def test_a_replaced_folder_is_always_there_complete(tmp_path):
     thread.start()
     try:
         for version in range(1, 30):
-            with atomic_dir(target) as tmp:
+            with atomic_dir(target, "test") as tmp:
                 for i in range(200):
                     (tmp / f"part{i}").write_text("x" * 100)
                 (tmp / "complete").write_text(str(version))
@@ -39,9 +39,9 @@ def test_a_replaced_folder_is_always_there_complete(tmp_path):
 
 def test_a_failure_leaves_the_old_folder_and_no_temporary(tmp_path):
     target = tmp_path / "out"
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, "test") as tmp:
         (tmp / "a").write_text("old")
-    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+    with pytest.raises(RuntimeError), atomic_dir(target, "test") as tmp:
         (tmp / "a").write_text("new")
         raise RuntimeError("stage failed")
     assert (target / "a").read_text() == "old"

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from steelflow.atomic import MARKER
 from steelflow.bundle import build_wheel
 from steelflow.cli import main
 from tests.conftest import FOLDS, TEST_CONFIG, models_args, networks
@@ -112,6 +113,7 @@ def test_the_bundle_holds_the_package_every_fold_thresholds_config_and_script(bu
         "config.yaml",
         "submit.py",
         "dataset-metadata.json",
+        MARKER,  # a later bundle may replace the folder
     }
     assert json.loads((bundle / "dataset-metadata.json").read_text())["id"] == "me/steel"
     assert "folds:\n  - 0\n  - 1" in (bundle / "config.yaml").read_text().replace(

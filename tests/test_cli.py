@@ -6,6 +6,7 @@ import pytest
 
 from steelflow import cli
 from steelflow.errors import SteelflowError
+from tests.conftest import TEST_CONFIG
 
 
 def failing_stage(error: Exception):
@@ -40,3 +41,16 @@ def test_a_module_steelflow_needs_missing_is_one_line_naming_it(monkeypatch, cap
     monkeypatch.setattr(cli, "_masks", failing_stage(other))
     with pytest.raises(ModuleNotFoundError):  # not one of steelflow's: a bug, with traceback
         cli.main(["masks"])
+
+
+@pytest.mark.parametrize("fold", ["-1", "5"])
+def test_a_fold_outside_the_split_is_one_line_before_any_work(tmp_path, capsys, fold):
+    outputs = [x for n in ("out", "history", "curves") for x in (f"--{n}", str(tmp_path / n))]
+    args = ["train", "unet", "--fold", fold, "--config", str(TEST_CONFIG), "--set", "split.folds=5"]
+    assert cli.main([*args, "--raw", str(tmp_path / "none"), *outputs]) == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"steelflow train: error: --fold {fold}: expected a fold from 0 to split.folds - 1 (4)"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -58,6 +58,8 @@ def test_overrides_use_dotted_keys():
         ),
         ({"seed": "many"}, r"seed: expected integer, got 'many'"),
         ({"seed": -1}, r"seed: expected a value >= 0, got -1"),
+        ({"unet.epochs": 1.0}, r"unet.epochs: expected integer, got 1.0"),  # the code counts
+        ({"predict.batch_size": True}, r"predict.batch_size: expected integer, got True"),
         (
             {"data.synthetic.n_trian": 5},
             r"unknown key 'n_trian' in 'data.synthetic'; expected one of: jpeg_quality, n_test, n_train, preset",

@@ -222,3 +222,20 @@ def test_the_claim_outlives_exec_into_torchrun(locks, monkeypatch, tmp_path):
     freed, fds = lock_gpus(["0"], 1, locks)
     unlock(fds)
     assert freed == ["0"]  # when the program ended
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_device_that_is_not_there_is_one_line_before_any_work(tmp_path, capsys):
+    """train.device=cuda without a GPU: training stops before reading any data."""
+    from steelflow.cli import main
+    from tests.conftest import TEST_CONFIG
+
+    outputs = [x for n in ("out", "history", "curves") for x in (f"--{n}", str(tmp_path / n))]
+    data = ["--raw", str(tmp_path / "none"), "--masks", str(tmp_path / "none")]
+    args = ["train", "unet", "--config", str(TEST_CONFIG), "--set", "train.device=cuda"]
+    assert main([*args, *data, *outputs]) == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("steelflow train: error: train.device: cuda, but torch") and "\n" not in err
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -47,6 +47,7 @@ def synthetic_raw(tmp_path_factory) -> Path:
 def test_synthetic_source_writes_the_kaggle_layout(synthetic_raw):
     names = {p.name for p in synthetic_raw.iterdir()}
     assert names == {
+        ".steelflow",
         "train.csv",
         "test_truth.csv",
         "sample_submission.csv",
@@ -62,8 +63,10 @@ def test_synthetic_source_writes_the_kaggle_layout(synthetic_raw):
     assert set(train.ImageId) <= set(train_images) and (train.EncodedPixels != "").all()
     sample = (synthetic_raw / "sample_submission.csv").read_text().splitlines()
     assert sample == ["ImageId,EncodedPixels,ClassId"] + [f"{i},1 409600,0" for i in test_images]
-    truth = read_masks(synthetic_raw / "test_truth.csv")
-    assert set(truth.ImageId) <= set(test_images)
+    truth = read_masks(synthetic_raw / "test_truth.csv")  # every image, clean ones too
+    assert truth.groupby("ImageId").ClassId.apply(list).to_dict() == {
+        i: [1, 2, 3, 4] for i in test_images
+    }
 
 
 def test_synthetic_images_look_like_severstal_jpegs(synthetic_raw):
@@ -207,7 +210,7 @@ def missing(folder: Path) -> str:
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (corrupt, r"train_images/{name}: not a readable JPEG"),
+        (corrupt, r"train_images/{name}: cannot be read as an image \(truncated or corrupt JPEG"),
         (wrong_size, r"train_images/{name}: image is 800x256, expected 1600x256"),
         (missing, r"train.csv, line 2: image train_images/{name} is missing"),
     ],

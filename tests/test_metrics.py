@@ -95,7 +95,18 @@ def test_all_empty_prediction_on_the_real_train_set(real_data, tmp_path):
     ).to_csv(pred_csv, index=False)
     out = tmp_path / "metrics.json"
     assert (
-        main(["score", "--submission", str(pred_csv), "--truth", str(truth_csv), "--out", str(out)])
+        main(
+            [
+                "score",
+                "--submission",
+                str(pred_csv),
+                "--truth",
+                str(truth_csv),
+                "--clean-unlisted",  # train.csv lists defects only
+                "--out",
+                str(out),
+            ]
+        )
         == 0
     )
     result = json.loads(out.read_text())
@@ -121,3 +132,42 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert (
         err.startswith("steelflow score: error:") and "bad.csv, line 1" in err and "\n" not in err
     )
+
+
+def scored(tmp_path, truth_rows, pred_rows, *extra: str) -> int:
+    """``steelflow score`` of two small mask tables."""
+    truth, pred = tmp_path / "truth.csv", tmp_path / "pred.csv"
+    table(truth_rows).to_csv(truth, index=False)
+    table(pred_rows).to_csv(pred, index=False)
+    return main(["score", "--submission", str(pred), "--truth", str(truth), *extra])
+
+
+PRED = [("a.jpg", c, "1 10" if c == 1 else "") for c in (1, 2, 3, 4)]
+
+
+def test_a_truth_without_the_images_scored_is_refused_not_counted_clean(tmp_path, capsys):
+    other = [("z.jpg", 1, "1 10")]  # the truth of another image set
+    assert scored(tmp_path, other, PRED) == 1
+    err = capsys.readouterr().err.strip()
+    assert "truth.csv: no rows for 1 of the 1 images to score (first: a.jpg)" in err
+    assert "--clean-unlisted" in err and "\n" not in err
+    assert scored(tmp_path, other, PRED, "--clean-unlisted") == 0  # said so: a.jpg is clean
+    assert json.loads(capsys.readouterr().out)["dice"] == pytest.approx(3 / 4)
+    complete = [("a.jpg", c, "") for c in (1, 2, 3, 4)]  # clean classes named, empty
+    assert scored(tmp_path, complete, PRED) == 0
+
+
+def test_images_to_score_that_the_submission_lacks_are_refused(tmp_path, capsys):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("a.jpg\nunknown.jpg\n")
+    assert scored(tmp_path, PRED, PRED, "--images", str(ids)) == 1
+    err = capsys.readouterr().err.strip()
+    assert "pred.csv: no rows for 1 of the 2 images to score (first: unknown.jpg)" in err
+
+
+def test_a_figure_without_its_images_is_refused_before_the_result_is_written(tmp_path, capsys):
+    out = tmp_path / "score.json"
+    figure = ["--figure", str(tmp_path / "f.png"), "--test-images", str(tmp_path / "none")]
+    assert scored(tmp_path, PRED, PRED, "--out", str(out), *figure) == 1
+    assert "--test-images" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "f.png").exists()

@@ -27,10 +27,10 @@ from steelflow.dataset import (
     SteelDataset,
     at_scale,
     masks_at_scale,
-    read_gray,
     split_ids,
 )
 from steelflow.errors import SteelflowError
+from steelflow.images import read_gray
 from steelflow.masks import MaskCache, build
 from steelflow.models import WeightsError, backbone, build_classifier, build_unet, image_logits
 from steelflow.tasks import ClassifierTask, UNetTask
@@ -455,7 +455,7 @@ def test_pos_weight_counts_each_class_defect_pixels_as_torch_does():
 
 def test_the_unet_validates_the_images_with_a_defect_and_the_classifier_all(data, tmp_path):
     config, cache = tiny_config(), MaskCache(data / "masks")
-    val_ids = split_ids(data / "split.csv", 0)[1]
+    val_ids = split_ids(data / "split.csv", 0, cache)[1]
     defective = cache.classes().loc[val_ids].any(axis=1)
     assert defective.any() and not defective.all()  # the tiny fold has both kinds
     images = data / "raw/train_images"
@@ -548,3 +548,22 @@ def test_a_classifier_resumes_only_from_the_same_unet(data, tmp_path, unet, monk
     with caplog.at_level(logging.INFO, logger="steelflow.train"):
         train_network(data, tmp_path, resume=True, start=tmp_path / "other/unet.pt", **settings)
     assert "trained with other start; training classifier from scratch" in caplog.text
+
+
+def test_a_split_that_does_not_fit_is_one_line_before_any_training(data, tmp_path, capsys):
+    """A split.csv of another mask cache, or without the fold asked for, stops the
+    training before any image is decoded."""
+    split = pd.read_csv(data / "split.csv")
+    stale = tmp_path / "stale.csv"
+    split.iloc[1:].to_csv(stale, index=False)  # one image fewer than the cache
+    args = train_command(data, tmp_path / "out", **{"split.folds": 6})
+    args[args.index("--split") + 1] = str(stale)
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"{stale}: made from another mask cache than {data / 'masks'}" in err
+    assert f"e.g. {split.ImageId[0]}" in err and "\n" not in err
+    args[args.index("--split") + 1] = str(data / "split.csv")
+    args[args.index("unet") + 1 : args.index("unet") + 1] = ["--fold", "5"]  # split has 0-4
+    assert main(args) == 1
+    assert "split.csv: fold 5 has no images; its folds are 0, 1, 2, 3, 4" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from steelflow import rle
+from steelflow.atomic import MARKER
 from steelflow.cli import main
 from steelflow.config import load
 from steelflow.io import COLUMNS, read_masks, read_sample_ids, write_submission
@@ -355,7 +356,7 @@ def test_predict_on_a_folder_of_user_images(project, tmp_path):
     cv2.imwrite(str(folder / "small.png"), cv2.resize(gray, (800, 128)))
     plain, out = tmp_path / "plain", tmp_path / "out"
     assert main(["predict", str(folder), "--out", str(plain), *models_args(project)]) == 0
-    assert [p.name for p in plain.iterdir()] == ["predictions.csv"]  # overlays only when asked
+    assert sorted(p.name for p in plain.iterdir()) == [MARKER, "predictions.csv"]  # no overlays
     args = ["predict", str(folder), "--out", str(out), "--overlays", *models_args(project)]
     assert main(args) == 0
     table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
@@ -365,9 +366,9 @@ def test_predict_on_a_folder_of_user_images(project, tmp_path):
     for image, text in zip(table.ImageId, table.EncodedPixels, strict=True):
         shape = (128, 800) if image.startswith("small") else (256, 1600)
         rle.decode(text, shape)  # the RLE fits the image's own size
-    for name in ("a", "b", "small"):
+    for name in ("a.jpg", "b.png", "small.png"):  # each named after its image's whole name
         overlay = cv2.imread(str(out / f"{name}.png"))
-        assert overlay.shape[:2] == ((128, 800) if name == "small" else (256, 1600))
+        assert overlay.shape[:2] == ((128, 800) if name == "small.png" else (256, 1600))
 
 
 @pytest.mark.parametrize(

@@ -41,9 +41,12 @@ WITHOUT_VENV = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) i
 
 
 def run(args, cwd, check=True, path=os.environ["PATH"]):
-    result = subprocess.run(
-        args, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PATH": path}
-    )
+    """``args`` in ``cwd``; a project's own steelflow/ is the one its commands import,
+    as an editable install of that checkout would be."""
+    env = {**os.environ, "PATH": path}
+    if (Path(cwd) / "steelflow").is_dir():
+        env["PYTHONPATH"] = str(cwd)
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}"
@@ -112,13 +115,25 @@ def dvc_stages(folder: Path) -> dict[str, dict]:
         }
 
 
+def rerun_record(stage: str) -> set[str]:
+    """What a dvc.yaml stage depends on for its code and settings, which the Snakefile's
+    rule has as params: the config stage the package (it writes every stage's
+    fingerprint), the others their own results/stages file."""
+    name = stage.split("@")[0]
+    return {"steelflow"} if name == "config" else {f"results/stages/{name}.yaml"}
+
+
 def drift(snakefile: dict[str, dict], dvc: dict[str, dict]) -> list[str]:
     """Where the two descriptions of the pipeline differ, one line each."""
     found = [f"stage {n} only in the Snakefile" for n in sorted(snakefile.keys() - dvc.keys())]
     found += [f"stage {n} only in dvc.yaml" for n in sorted(dvc.keys() - snakefile.keys())]
     for name in sorted(snakefile.keys() & dvc.keys()):
+        if not rerun_record(name) <= dvc[name]["deps"]:
+            found.append(f"{name}: dvc.yaml lacks the dep {sorted(rerun_record(name))}")
         for field in ("cmd", "deps", "outs"):
             ours, theirs = snakefile[name][field], dvc[name][field]
+            if field == "deps":
+                theirs = theirs - rerun_record(name)
             if field == "deps":  # a folder in dvc.yaml stands for the Snakefile's files in it
                 inside = {d for d in ours for f in theirs if d.startswith(f"{f}/")}
                 ours = ours - inside | {
@@ -174,9 +189,14 @@ def test_snakefile_and_dvc_yaml_describe_the_same_stages():
             "tune: outs differ",
         ),
         (
-            "        - steelflow/losses.py\n",
+            "        - results/split.csv\n",
             "",
-            "train_classifier@0: deps differ: Snakefile only ['steelflow/losses.py']",
+            "train_classifier@0: deps differ: Snakefile only ['results/split.csv']",
+        ),
+        (
+            "      - results/stages/tune.yaml  # its code fingerprint and settings\n",
+            "",
+            "tune: dvc.yaml lacks the dep ['results/stages/tune.yaml']",
         ),
         (
             "stages:\n",
@@ -185,7 +205,7 @@ def test_snakefile_and_dvc_yaml_describe_the_same_stages():
         ),
     ],
 )
-def test_drift_in_a_command_an_output_or_a_code_dep_is_caught(project, old, new, found):
+def test_drift_in_a_command_an_output_or_a_dep_is_caught(project, old, new, found):
     ours = default_stages()  # the project's Snakefile is the checkout's
     text = (project / "dvc.yaml").read_text()
     assert old in text
@@ -278,11 +298,26 @@ def test_dvc_repro_and_experiments_run_the_same_stages(project, tmp_path):
     assert "up to date" in dvc("status", cwd=project).stdout
     assert "dice" in dvc("metrics", "show", cwd=project).stdout
 
-    code = project / "steelflow/tune.py"  # a code change: the stages that import it
-    code.write_text(code.read_text() + "# changed\n")
-    changed = re.findall(r"^(\w+):", dvc("status", cwd=project).stdout, re.MULTILINE)
-    assert sorted(changed) == ["bundle", "tune"]  # the bundle's wheel holds the whole package
-    code.write_text(code.read_text().removesuffix("# changed\n"))
+    def stale():
+        return sorted(re.findall(r"^([\w@]+):", dvc("status", cwd=project).stdout, re.MULTILINE))
+
+    code = project / "steelflow/tune.py"
+    source = code.read_text()
+    for edit in ("config.py", "cli.py", "tune.py", "config.schema.yaml"):  # what code says
+        file = project / "steelflow" / edit
+        text = file.read_text()
+        file.write_text(text.replace("description: ", "description: reworded, ", 1) + "# note\n")
+    code.write_text(code.read_text().replace('"""', '"""Reworded. ', 1))
+    assert stale() == ["config"]  # the stage that fingerprints the code, and no other
+    ran = dvc("repro", cwd=project).stdout
+    assert re.findall(r"Running stage '([\w@]+)'", ran) == ["config"]
+    assert "up to date" in dvc("status", cwd=project).stdout
+    code.write_text(source + "\n\ndef unused():\n    return 1\n")  # what code does
+    dvc("repro", "config", cwd=project)
+    assert stale() == ["bundle", "tune"]  # the bundle's wheel holds the whole package
+    code.write_text(source)
+    dvc("repro", "config", cwd=project)
+    assert stale() == []
 
     git("add", "dvc.lock", cwd=project)
     git("commit", "-qm", "results of the run", cwd=project)
@@ -302,10 +337,26 @@ def test_dvc_repro_and_experiments_run_the_same_stages(project, tmp_path):
     three = yaml.safe_load(two)
     three["train"]["folds"] = [0, 1, 2]
     config.write_text(yaml.safe_dump(three, sort_keys=False))
-    stale = set(re.findall(r"^([\w@]+):", dvc("status", cwd=project).stdout, re.MULTILINE))
-    assert {"train_classifier@2", "train_unet@2", "tune", "submit"} <= stale
-    assert not stale & {"train_classifier@0", "train_unet@0", "train_unet@1"}
+    dvc("repro", "config", cwd=project)  # the stage records of the new settings
+    assert {"train_classifier@2", "train_unet@2", "tune", "submit"} <= set(stale())
+    assert not set(stale()) & {"train_classifier@0", "train_unet@0", "train_unet@1"}
     config.write_text(two)
+    dvc("repro", "config", cwd=project)
+
+    stages = experiment("configs/none.yaml:+tune.min_gain=0.02")  # a tune setting, in the overlay
+    assert yaml.safe_load((project / "configs/none.yaml").read_text())["tune"]["min_gain"] == 0.02
+    assert {"config", "tune", "bundle"} <= stages <= {"config", "tune", "submit", "score", "bundle"}
+
+    (project / "configs/folds.yaml").write_text("train:\n  folds: [0]\n")  # DVC trains [0, 1]
+    on_path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    args = [BIN / "dvc", "exp", "run", "-S", "configfile=configs/folds.yaml"]
+    failed = run(args, project, check=False, path=on_path)
+    assert failed.returncode != 0
+    assert re.findall(r"Running stage '([\w@]+)'", failed.stdout) == ["config"]
+    assert (
+        "steelflow config: error: train.folds [0]: dvc.yaml trains config.yaml's folds [0, 1]"
+        in failed.stderr
+    )
 
     (project / "configs/longer.yaml").write_text("classifier:\n  epochs: 2\n")
     targets = ["config", "train_classifier@1"]  # what the overlay changes, and not the rest
@@ -397,10 +448,12 @@ def test_every_stage_reads_the_config_snakemake_validated(project):
     assert planned("machine={workers: 1, threads: 1}") == set()  # how, not what
     assert planned("augment={hflip: false}") == {"train_unet", "config"}
     assert planned("train={folds: [0, 1]}") == {"config"}  # other folds: not this fold's job
-    (project / "steelflow/losses.py").write_text(
-        (project / "steelflow/losses.py").read_text() + "# changed\n"
-    )
-    assert planned() == {"train_unet"}  # the code it imports
+    losses = project / "steelflow/losses.py"  # code only training imports
+    source = losses.read_text()
+    losses.write_text(source.replace('"""', '"""Reworded. ', 1) + "# a comment\n")
+    assert planned() == set()  # what the code says: nothing reruns
+    losses.write_text(source + "\n\ndef unused():\n    return 1\n")
+    assert planned() == {"train_unet", "config"}  # what it does: the stage that runs it
 
 
 def test_a_partial_configfile_alone_reaches_the_stages_layered_over_config_yaml():
@@ -512,3 +565,33 @@ def test_fold_jobs_side_by_side_claim_gpus_of_their_own(project, tmp_path_factor
     shown = snakemake(*touch, *bigger, cwd=project).stderr
     rows = len(pd.read_csv(project / "results/split.csv"))
     assert f"disk_mb={round(rows * 256 * 1600 / 1e6) + 1000}," in shown
+
+
+def test_a_stage_fingerprint_changes_with_what_its_code_does_not_with_what_it_says(
+    tmp_path, monkeypatch
+):
+    from steelflow import code
+
+    shutil.copytree(ROOT / "steelflow", tmp_path / "steelflow")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    monkeypatch.setattr(code, "PACKAGE", tmp_path / "steelflow")
+    stages = ("fetch", "train", "tune", "submit", "bundle")
+
+    def fingerprints():
+        code._tree.cache_clear()
+        return {stage: code.fingerprint(stage) for stage in stages}
+
+    before = fingerprints()
+    for name in ("cli.py", "config.py", "tune.py"):  # a docstring, a comment, help text
+        path = tmp_path / "steelflow" / name
+        text = path.read_text().replace('"""', '"""Reworded. ', 1)
+        path.write_text(text.replace('help="', 'help="reworded ') + "# a comment\n")
+    schema = tmp_path / "steelflow/config.schema.yaml"
+    schema.write_text(schema.read_text().replace("description: ", "description: reworded ", 3))
+    assert fingerprints() == before
+    tune = tmp_path / "steelflow/tune.py"
+    tune.write_text(tune.read_text() + "\n\ndef unused():\n    return 1\n")
+    after = fingerprints()
+    assert {s for s in stages if after[s] != before[s]} == {"tune", "bundle"}
+    schema.write_text(schema.read_text().replace("default: 42", "default: 43", 1))
+    assert fingerprints()["train"] != after["train"]  # a default is a setting

@@ -6,8 +6,16 @@ from pathlib import Path
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-from steelflow.code import stage_code
-from steelflow.config import dotted_leaves, format_override, retyped, set_dotted, validate
+from steelflow.code import fingerprint, stage_command
+from steelflow.config import (
+    STAGE_SECTIONS,
+    dotted_leaves,
+    format_override,
+    retyped,
+    set_dotted,
+    stage_settings,
+    validate,
+)
 
 # --config KEY=VALUE (a section as KEY='{epochs: 1}') as dotted keys. Snakemake
 # reads values inside a section as text, so each is read again as a number or YAML.
@@ -51,8 +59,11 @@ CONFIG = Arguments(config_arguments())
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     shell.prefix(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; ")
 
-# Each rule's code inputs: stage_code(stage) lists the package files its
-# command imports, so a code change reruns the rules that run it.
+# What reruns a rule: besides its inputs, the settings it reads (stage_settings) and
+# the fingerprint of the code its command runs (steelflow.code.fingerprint), both
+# params. A comment, docstring or help text changes no fingerprint, so it reruns
+# nothing; dvc.yaml's stages depend on the same two, written by the config stage to
+# results/stages/STAGE.yaml.
 
 # Light rules run where Snakemake runs, not as cluster jobs (fetch also needs
 # the network, which compute nodes often lack).
@@ -65,23 +76,14 @@ localrules:
     score,
 
 
-def settings(*sections):
-    """The config sections a stage reads (never `machine`): a change reruns the rule."""
-    return {section: config[section] for section in sections}
+STAGE_FILES = expand(
+    "results/stages/{stage}.yaml", stage=[s for s in STAGE_SECTIONS if s != "config"]
+)
 
 
-def fold_settings(*sections):
-    """The settings of one fold's training job: all of ``sections`` but train.folds, as
-    which other folds are trained does not change this one."""
-    chosen = settings(*sections)
-    chosen["train"] = {k: v for k, v in chosen["train"].items() if k != "folds"}
-    return chosen
-
-
-def package_sources():
-    """What the bundle's wheel is built from: the package and its project files."""
-    package = (p for p in Path("steelflow").rglob("*") if "__pycache__" not in p.parts)
-    return ["LICENSE", "README.md", "pyproject.toml", *sorted(str(p) for p in package if p.is_file())]
+def stage_fingerprints():
+    """The code fingerprint of every stage, as the config rule records them."""
+    return {stage: fingerprint(stage_command(stage)) for stage in STAGE_SECTIONS}
 
 
 def fold_models(network):

@@ -2,29 +2,29 @@
 
 
 rule config:
-    input:
-        code=stage_code("config"),
     output:
-        "results/config.yaml",
+        config="results/config.yaml",
+        stages=STAGE_FILES,
     params:
         config=CONFIG,
-        settings=settings(*(section for section in config if section != "machine")),
+        settings=stage_settings(config, "config"),
+        code=stage_fingerprints(),
     log:
         "logs/config.log",
     conda:
         "../envs/steelflow.yaml"
     shell:
-        "steelflow config {params.config} --out {output} > {log} 2>&1"
+        "steelflow config {params.config} --out {output.config} --stages results/stages "
+        "> {log} 2>&1"
 
 
 rule fetch:
-    input:
-        code=stage_code("fetch"),
     output:
         directory("resources/raw"),
     params:
         config=CONFIG,
-        settings=settings("seed", "data"),
+        settings=stage_settings(config, "fetch"),
+        code=fingerprint("fetch"),
     log:
         "logs/fetch.log",
     benchmark:
@@ -39,9 +39,10 @@ rule fetch:
 rule masks:
     input:
         raw="resources/raw",
-        code=stage_code("masks"),
     output:
         directory("results/masks"),
+    params:
+        code=fingerprint("masks"),
     log:
         "logs/masks.log",
     benchmark:
@@ -56,7 +57,6 @@ rule eda:
     input:
         raw="resources/raw",
         masks="results/masks",
-        code=stage_code("eda"),
     output:
         stats="results/eda/stats.json",
         balance=report("results/eda/class_balance.png", caption="../report/class_balance.rst", category="Data"),
@@ -65,7 +65,8 @@ rule eda:
         examples=report("results/eda/examples.png", caption="../report/examples.rst", category="Data"),
     params:
         config=CONFIG,
-        settings=settings("seed", "eda"),
+        settings=stage_settings(config, "eda"),
+        code=fingerprint("eda"),
     log:
         "logs/eda.log",
     benchmark:
@@ -82,12 +83,12 @@ rule eda:
 rule split:
     input:
         masks="results/masks",
-        code=stage_code("split"),
     output:
         "results/split.csv",
     params:
         config=CONFIG,
-        settings=settings("seed", "split"),
+        settings=stage_settings(config, "split"),
+        code=fingerprint("split"),
     log:
         "logs/split.log",
     benchmark:

@@ -14,7 +14,6 @@ rule train_classifier:
         masks="results/masks",
         split="results/split.csv",
         start=classifier_start,
-        code=stage_code("train"),
     output:
         model="models/classifier_f{fold}.pt",
         history="results/train/classifier_f{fold}.csv",
@@ -26,7 +25,8 @@ rule train_classifier:
         ),
     params:
         config=CONFIG,
-        settings=fold_settings("seed", "split", "train", "augment", "classifier"),
+        settings=stage_settings(config, "train_classifier"),
+        code=fingerprint("train"),
         start=lambda wildcards, input: f"--start {input.start} " if input.start else "",
     log:
         "logs/train_classifier_f{fold}.log",
@@ -50,7 +50,6 @@ rule train_unet:
         raw="resources/raw",
         masks="results/masks",
         split="results/split.csv",
-        code=stage_code("train"),
     output:
         model="models/unet_f{fold}.pt",
         history="results/train/unet_f{fold}.csv",
@@ -62,7 +61,8 @@ rule train_unet:
         ),
     params:
         config=CONFIG,
-        settings=fold_settings("seed", "split", "train", "augment", "unet"),
+        settings=stage_settings(config, "train_unet"),
+        code=fingerprint("train"),
     log:
         "logs/train_unet_f{fold}.log",
     benchmark:

@@ -9,13 +9,13 @@ rule tune:
         split="results/split.csv",
         classifier=fold_models("classifier"),
         unet=fold_models("unet"),
-        code=stage_code("tune"),
     output:
         thresholds="results/thresholds.json",
         figure=report("results/thresholds.png", caption="../report/tune.rst", category="Tuning"),
     params:
         config=CONFIG,
-        settings=settings("split", "train", "tune", "predict"),
+        settings=stage_settings(config, "tune"),
+        code=fingerprint("tune"),
     log:
         "logs/tune.log",
     benchmark:
@@ -38,12 +38,12 @@ rule submit:
         classifier=fold_models("classifier"),
         unet=fold_models("unet"),
         thresholds="results/thresholds.json",
-        code=stage_code("submit"),
     output:
         "submission.csv",
     params:
         config=CONFIG,
-        settings=settings("train", "predict", "submit"),
+        settings=stage_settings(config, "submit"),
+        code=fingerprint("submit"),
     log:
         "logs/submit.log",
     benchmark:
@@ -65,13 +65,12 @@ rule bundle:
         classifier=fold_models("classifier"),
         unet=fold_models("unet"),
         thresholds="results/thresholds.json",
-        code=stage_code("bundle"),
-        package=package_sources(),
     output:
         directory("dist/kaggle"),
     params:
         config=CONFIG,
-        settings=settings(*(section for section in config if section != "machine")),
+        settings=stage_settings(config, "bundle"),
+        code=fingerprint("bundle"),
     log:
         "logs/bundle.log",
     benchmark:
@@ -88,10 +87,11 @@ rule score:
     input:
         submission="submission.csv",
         raw="resources/raw",
-        code=stage_code("score"),
     output:
         metrics="results/metrics.json",
         figure=report("results/predictions.png", caption="../report/predictions.rst", category="Results"),
+    params:
+        code=fingerprint("score"),
     log:
         "logs/score.log",
     benchmark:

@@ -1,0 +1,630 @@
+"""Write the generated pages of docs/: the benchmark tables and the settings table.
+
+    python benchmarks/report.py            # write docs/benchmarks.md and docs/settings.md
+    python benchmarks/report.py --check    # write nothing; exit 1 if either page is stale
+
+docs/benchmarks.md is built from benchmarks/results/*.json alone, each table stamped
+with what its file records: the CPU (and whether it computes bf16 natively), the torch
+version, the commit and the date, "not recorded" where the file does not hold it.
+docs/settings.md is built from steelflow/config.schema.yaml, the one schema of
+config.yaml. Both pages are a pure function of those files (no clock, no git, no
+machine), so they rebuild byte for byte; `make docs` runs this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks/results"
+SCHEMA = ROOT / "steelflow/config.schema.yaml"
+BENCHMARKS_PAGE = ROOT / "docs/benchmarks.md"
+SETTINGS_PAGE = ROOT / "docs/settings.md"
+CLASSES = ("1", "2", "3", "4")
+NOT_RECORDED = "not recorded"
+# AMD's CPU family and model numbers, as /proc/cpuinfo gives them, named by core generation
+GENERATIONS = {("25", "17"): "Zen 4", ("26", "2"): "Zen 5"}
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def value(v) -> str:
+    """A setting's value as YAML writes it in flow style (strings bare)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {value(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+def changes(overrides: dict) -> str:
+    return ", ".join(f"{k}={value(v)}" for k, v in overrides.items()) or "default"
+
+
+def num(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
+def cpu_label(cpu: str | None) -> str:
+    """The recorded CPU string, led by its core generation where family and model say it."""
+    if not cpu:
+        return NOT_RECORDED
+    found = re.search(r"family (\d+), model (\d+)", cpu)
+    generation = GENERATIONS.get(found.groups()) if found else None
+    return f"{generation}: {cpu}" if generation else cpu
+
+
+def native_bf16(cpu: str | None) -> str:
+    """Whether the recorded CPU computes bf16 natively, as its string records it."""
+    if not cpu:
+        return NOT_RECORDED
+    if "no native bf16" in cpu:
+        return "no"
+    for isa in ("AVX512-BF16", "AMX-BF16"):
+        if isa in cpu:
+            return f"yes ({isa})"
+    return NOT_RECORDED
+
+
+def stamp(source: str, data: dict, cpu: str | None = None, gpu: str | None = None) -> str:
+    """The line under each table: where it comes from and what that file records."""
+    parts = [f"Source: `benchmarks/results/{source}`"]
+    if gpu:
+        parts.append(f"GPU: {gpu}")
+        parts.append(f"host CPU: {cpu_label(cpu)}")
+    else:
+        parts.append(f"CPU: {cpu_label(cpu)}")
+        parts.append(f"native bf16: {native_bf16(cpu)}")
+    parts.append(f"torch: {data.get('torch') or NOT_RECORDED}")
+    parts.append(f"commit: {data.get('commit') or NOT_RECORDED}")
+    parts.append(f"date: {data.get('date') or NOT_RECORDED}")
+    return "*" + "; ".join(parts) + ".*"
+
+
+# --- one section per results file -------------------------------------------------------------
+
+
+def runs(data: dict) -> list[str]:
+    out = [
+        "Whole `snakemake --cores all` runs of the default config with the changes each row "
+        "names (preset `clear`, seed 42 unless the changes say otherwise), one run each "
+        "(`python benchmarks/runs.py NAME=RUN_FOLDER`). Stage seconds as Snakemake's "
+        "benchmark files give them: only rows named `alone` ran alone on the machine, so "
+        "only their seconds compare. Test Dice: `results/metrics.json`; margin: test Dice "
+        "minus that of predicting every mask empty (all-empty); classes 1-4: Dice on the "
+        "test pairs with a true defect; val pooled: the U-Net's last epoch, pooled Dice per "
+        "class (false positives count; - where not recorded); on: the classes tune "
+        "switched on. The commit and date of each row, and what it tested: "
+        "[experiments.md](experiments.md). Rows are grouped by the CPU they ran on.",
+    ]
+    groups: dict[str, list[dict]] = {}
+    for r in data["rows"]:
+        groups.setdefault(r.get("cpu") or "", []).append(r)
+    header = [
+        "run", "changes", "U-Net s", "classifier s", "tune s", "submit s", "test Dice",
+        "all-empty", "margin", "classes 1 / 2 / 3 / 4", "val pooled 1 / 2 / 3 / 4", "on",
+    ]  # fmt: skip
+    for cpu, rows in groups.items():
+        body = []
+        for r in rows:
+            s = r["seconds"]
+            pooled = r.get("val_pooled_dice") or {}
+            body.append(
+                [
+                    r["name"],
+                    changes(r["changes"]),
+                    *(num(s.get(k), ".0f") for k in ("train_unet_f0", "train_classifier_f0")),
+                    *(num(s.get(k), ".0f") for k in ("tune", "submit")),
+                    f"{r['test_dice']:.4f}",
+                    f"{r['empty_baseline']:.3f}",
+                    f"{r['test_dice'] - r['empty_baseline']:+.4f}",
+                    " / ".join(num(r["test_dice_on_defects"].get(c), ".3f") for c in CLASSES),
+                    " / ".join(num(pooled.get(c), ".3f") for c in CLASSES),
+                    ",".join(r["enabled"]),
+                ]
+            )
+        out += [
+            "",
+            f"### {cpu_label(cpu)}",
+            "",
+            *table(header, body),
+            "",
+            stamp("runs.json", data, cpu),
+        ]
+    return out
+
+
+def ablation(data: dict) -> list[str]:
+    out = [
+        "One network trained on a default run's data with a few settings changed "
+        "(`python benchmarks/ablation.py VARIANT`), one run each: the last epoch's validation "
+        "metrics (best epoch in brackets), the training time with validation and its images/s. "
+        "U-Net: Dice on each class's defect pairs at threshold 0.5. Classifier: AUC and F1 of "
+        "'any defect'. Some ran beside other work, so their seconds do not all compare.",
+    ]
+    metrics = {
+        "unet": [f"dice_defect_{c}" for c in CLASSES] + [f"pooled_dice_{c}" for c in CLASSES],
+        "classifier": ["auc", "f1"],
+    }
+    for network, title in (("unet", "U-Net"), ("classifier", "Classifier")):
+        rows = [r for r in data["rows"] if r.get("network", "unet") == network]
+        names = [m for m in metrics[network] if any(m in r["last"] for r in rows)]
+        body = [
+            [
+                r["variant"],
+                r.get("data", "default run"),
+                changes(r["overrides"]),
+                str(r["epochs"]),
+                f"{r['seconds']:.0f}",
+                f"{r['train_images_per_s']:.1f}",
+                *(
+                    f"{r['last'][m]:.3f} ({r['best_of_epochs'][m]:.3f})" if m in r["last"] else "-"
+                    for m in names
+                ),
+            ]
+            for r in rows
+        ]
+        header = ["variant", "data", "changes", "epochs", "seconds", "img/s", *names]
+        out += [
+            "",
+            f"### {title}",
+            "",
+            *table(header, body),
+            "",
+            stamp("ablation.json", data, data.get("cpu")),
+        ]
+    return out
+
+
+def folds(data: dict) -> list[str]:
+    body = [
+        [
+            r["models"],
+            f"{r['tuned_on_images']} images",
+            f"{r['test_dice']:.4f}",
+            f"{r['empty_baseline']:.3f}",
+            *(f"{r['dice_on_defects_per_class'][c]:.3f}" for c in CLASSES),
+            ", ".join(str(c) for c in r["switched_on"]),
+            " / ".join(str(r["support"][c]) for c in CLASSES),
+        ]
+        for r in data["rows"]
+    ]
+    header = [
+        "models", "tuned on", "test Dice", "all-empty", "class 1", "class 2", "class 3",
+        "class 4", "classes on", "tune's images with class 1 / 2 / 3 / 4",
+    ]  # fmt: skip
+    stages = ", ".join(f"{k} {v:.0f}" for k, v in data["stage_seconds"].items())
+    return [
+        f"Three folds against one model (`snakemake --cores all --configfile "
+        f"configs/three_folds.yaml`, then the default config on the same models); "
+        f"{data['data']}; precision {data['precision']}. Classes 1-4: Dice on the test pairs "
+        "with a true defect.",
+        "",
+        *table(header, body),
+        "",
+        f"Three-fold workflow: {data['three_fold_workflow_seconds']} s. Stage seconds: {stages}.",
+        "",
+        stamp("folds.json", data, data.get("cpu")),
+    ]
+
+
+def data_stage(data: dict) -> list[str]:
+    reads = data["read_four_masks"]
+    body = [
+        [
+            "synthetic generation",
+            f"{data['generate_s']:.0f} s ({data['generate_images_per_s']:.0f} images/s), "
+            f"{data['raw_bytes'] / 1e9:.2f} GB of JPEG",
+        ],
+        ["mask cache build", f"{data['cache_build_s']:.1f} s"],
+        ["mask cache on disk", f"{data['cache_bytes'] / 1e6:.0f} MB"],
+        *(
+            [
+                f"read one image's four masks ({which})",
+                f"median {r['median_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms",
+            ]
+            for which, r in reads.items()
+        ),
+    ]
+    return [
+        f"The data stages at Kaggle scale (`python benchmarks/data.py`): {data['images']:,} "
+        f"synthetic train images, {data['masks']:,} masks, {data['cores']} cores, one run.",
+        "",
+        *table(["what", "measured"], body),
+        "",
+        stamp("data.json", data, data.get("cpu") or data.get("machine")),
+    ]
+
+
+def rle(data: dict) -> list[str]:
+    body = []
+    for cache in ("warm", "cold"):
+        for coverage, r in data[cache].items():
+            for op in ("decode", "encode"):
+                us = r[f"{op}_us"]
+                body.append(
+                    [
+                        cache, coverage, op,
+                        f"{us['steelflow']:.1f}", f"{us['kaggle_numpy']:.1f}",
+                        num(us.get("pycocotools"), ".1f"), f"{r['memset_us']:.1f}",
+                        f"{us['kaggle_numpy'] / us['steelflow']:.1f}x",
+                        f"{us['steelflow'] / r['memset_us']:.1f}",
+                    ]
+                )  # fmt: skip
+    header = [
+        "cache", "coverage", "op", "steelflow", "kaggle numpy", "pycocotools", "memset",
+        "speed-up vs numpy", "x memset",
+    ]  # fmt: skip
+    return [
+        "The RLE codec (`python benchmarks/rle.py`): median microseconds per 256x1600 mask, "
+        "one run, every case interleaved. memset: `np.zeros` and a fill of one image. "
+        "warm: the mask is in cache (as after thresholding); cold: each call meets a mask "
+        "not touched for 8 MB.",
+        "",
+        *table(header, body),
+        "",
+        stamp("rle.json", data, data.get("cpu") or data.get("machine")),
+    ]
+
+
+def loader(data: dict) -> list[str]:
+    body = [
+        [
+            name, r["input"], str(r["batch_size"]),
+            f"{r['each_sample']:.0f}", f"{r['decoded_once']:.0f}",
+            f"{r['decoded_once'] / r['each_sample']:.1f}x",
+            f"{r['decode_pass_seconds']:.2f} s for {r['decode_pass_images']} images",
+        ]
+        for name, r in data["rows"].items()
+    ]  # fmt: skip
+    header = [
+        "config, network", "sample", "batch", "JPEG decoded at every sample", "decoded once",
+        "speed-up", "the one decoding pass",
+    ]  # fmt: skip
+    return [
+        "The training data pipeline (`python benchmarks/loader.py`): images/s of one loader "
+        f"process, best of three alternated runs of {data['batches']} batches.",
+        "",
+        *table(header, body),
+        "",
+        stamp("loader.json", data, data.get("cpu") or data.get("machine")),
+    ]
+
+
+def train(data: dict) -> list[str]:
+    body = [
+        [
+            name, r["input"], str(r["batch_size"]),
+            f"{r['data_images_per_s']:.0f}", f"{r['model_images_per_s_fp32']:.1f}",
+            f"{r['model_images_per_s_config']:.1f} ({r['dtype_config']})",
+            f"{r['train_images_per_s_fp32']:.1f}", f"{r['train_images_per_s_config']:.1f}",
+            f"{r['data_to_model_ratio']:.1f}x", f"{r['peak_rss_mb']:.0f} MB",
+        ]
+        for name, r in data["networks"].items()
+    ]  # fmt: skip
+    header = [
+        "network", "input", "batch", "data pipeline", "model step fp32",
+        "model step, config precision", "training fp32", "training, config precision",
+        "data / model", "peak RSS",
+    ]  # fmt: skip
+    return [
+        "Training speed at the default config (`python benchmarks/train.py`), images/s, one "
+        "run per network.",
+        "",
+        *table(header, body),
+        "",
+        stamp("train.json", data, data.get("cpu") or data.get("machine")),
+    ]
+
+
+def workers(data: dict) -> list[str]:
+    def seconds(values: list[float]) -> str:
+        return " / ".join(f"{v:.2f}" for v in values)
+
+    body = [
+        [
+            name, str(r["images"]),
+            seconds(r["persistent"]["epoch_s"]), seconds(r["fresh"]["epoch_s"]),
+            seconds(r["persistent"]["first_batch_s"]), seconds(r["fresh"]["first_batch_s"]),
+        ]
+        for name, r in data["rows"].items()
+    ]  # fmt: skip
+    header = [
+        "network, workers, start", "images", "epochs, persistent", "epochs, fresh",
+        "first batch, persistent", "first batch, fresh",
+    ]  # fmt: skip
+    return [
+        "Loader workers kept alive across epochs (persistent, the epoch handed with each "
+        "index) or started afresh each epoch (`python benchmarks/workers.py`): seconds of "
+        "each of three epochs of the data pipeline alone, and of each epoch's first batch.",
+        "",
+        *table(header, body),
+        "",
+        stamp("workers.json", data, data.get("cpu") or data.get("machine")),
+    ]
+
+
+def predict(data: dict) -> list[str]:
+    body = [
+        [
+            precision,
+            f"{r['images_per_s_forward']:.1f}", f"{r['images_per_s_device_part']:.1f}",
+            f"{r['images_per_s_cpu_part']:.1f}", f"{r['images_per_s_end_to_end']:.1f}",
+            f"{r['ratio']:.2f}", str(r["past_gate"]),
+        ]
+        for precision, r in data["runs"].items()
+    ]  # fmt: skip
+    header = [
+        "precision", "forward passes alone", "device's part alone", "CPU's part alone",
+        "end to end", "end to end / forward", "images past the gate",
+    ]  # fmt: skip
+    return [
+        f"Prediction speed after `make run` (`python benchmarks/predict.py`) on "
+        f"{data['images']} test images, batch {data['batch']}, images/s, best of three "
+        "alternated runs. End to end: JPEG files in, RLE out. The device's part: both "
+        "networks, upsampling, thresholds, masks back to the CPU, on decoded images. The "
+        "CPU's part: decoding, components, RLE, with the device's outputs replayed.",
+        "",
+        *table(header, body),
+        "",
+        stamp("predict.json", data, data.get("cpu") or data.get("device")),
+    ]
+
+
+def gpu(name: str, data: dict) -> list[str]:
+    training = data["training"]
+    body = [
+        [
+            network, r["input"], str(r["batch_size"]),
+            f"{r['data_images_per_s']:.0f}",
+            f"{r['model_images_per_s_config']:.0f} ({r['dtype_config']})",
+            f"{r['train_images_per_s_config']:.0f}", f"{r['data_to_model_ratio']:.2f}x",
+            f"{r['val_images_per_s']:.0f}", f"{r['peak_gpu_mb'] / 1024:.1f} GiB",
+            f"{r['estimated_minutes_per_fold']:.1f} min ({r['epochs']} epochs)",
+        ]
+        for network, r in training.items()
+    ]  # fmt: skip
+    header = [
+        "network", "input", "batch", "data pipeline", "model step", "training",
+        "data / model", "validation", "peak GPU memory", "estimated time per fold",
+    ]  # fmt: skip
+    predicted = [
+        [
+            models, f"{r['images_per_s_forward']:.0f}", f"{r['images_per_s_end_to_end']:.0f}",
+            f"{r['ratio']:.2f}", f"{r['seconds_end_to_end']:.1f} s", str(r["past_gate"]),
+        ]
+        for models, r in data.get("prediction", {}).items()
+    ]  # fmt: skip
+    decoding = data.get("decoding", {})
+    host = data.get("cpu") or data.get("machine")
+    out = [
+        f"`configs/kaggle.yaml` on the GPU (`python benchmarks/gpu.py`): "
+        f"{data['train_images']:,} synthetic train images. Training, images/s; the estimate is "
+        "the config's epochs on Kaggle's 12,568 train images, a fifth of them validating.",
+        "",
+        *table(header, body),
+    ]
+    if predicted:
+        out += [
+            "",
+            f"Prediction of {data['test_images']:,} test images, JPEG files in, RLE out:",
+            "",
+            *table(
+                ["models", "forward passes alone, images/s", "end to end, images/s",
+                 "end to end / forward", "end to end", "images past the gate"],
+                predicted,
+            ),
+        ]  # fmt: skip
+    if decoding:
+        out += [
+            "",
+            "JPEG decoding at full size, images/s: "
+            f"libjpeg {decoding['libjpeg_1_thread']:.0f} (one thread), "
+            f"{decoding['libjpeg_all_cores']:.0f} (every core); "
+            f"nvJPEG {decoding['nvjpeg']:.0f}.",
+        ]
+    return [*out, "", stamp(name, data, host, gpu=data.get("device") or NOT_RECORDED)]
+
+
+SECTIONS = {  # results file: (title, writer)
+    "runs.json": ("Whole workflow runs", runs),
+    "ablation.json": ("Ablations: one network at a time", ablation),
+    "folds.json": ("Three folds against one model", folds),
+    "gpu.json": ("The Kaggle config on a GPU", lambda d: gpu("gpu.json", d)),
+    "gpu_run1.json": (
+        "The Kaggle config on a GPU, before the uint8 loaders and thread pools",
+        lambda d: gpu("gpu_run1.json", d),
+    ),
+    "train.json": ("Training speed on a CPU", train),
+    "loader.json": ("Training data pipeline", loader),
+    "workers.json": ("Loader workers across epochs", workers),
+    "predict.json": ("Prediction speed on a CPU", predict),
+    "data.json": ("Data stages at Kaggle scale", data_stage),
+    "rle.json": ("RLE codec", rle),
+}
+
+
+def benchmarks_page() -> str:
+    present = sorted(p.name for p in RESULTS.glob("*.json"))
+    known = [name for name in SECTIONS if name in present]
+    unknown = [name for name in present if name not in SECTIONS]
+    markdown_only = sorted(
+        p.name for p in RESULTS.glob("*.md") if not (RESULTS / f"{p.stem}.json").exists()
+    )
+    lines = [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by benchmarks/report.py from benchmarks/results/*.json: do not edit. -->",
+        "",
+        "Every measurement kept in a results file of `benchmarks/results/`. "
+        "This page is generated: `make docs` (or `.venv/bin/python benchmarks/report.py`) "
+        "rebuilds it byte for byte from those files. Each table is stamped with the file it "
+        "comes from and what that file records: the CPU (with its family and model where "
+        "recorded, and whether it computes bf16 natively), the torch version, the commit and "
+        'the date; a field the file does not hold reads "not recorded" '
+        "(`git log -- benchmarks/results/NAME.json` tells which commit wrote the file). "
+        "Why each default was chosen, with these numbers: [design.md](design.md).",
+        "",
+        *(f"- [{SECTIONS[n][0]}](#{anchor(SECTIONS[n][0])}) (`{n}`)" for n in known),
+    ]
+    for name in known:
+        title, write = SECTIONS[name]
+        lines += ["", f"## {title}", "", *write(load(name))]
+    if unknown or markdown_only:
+        lines += ["", "## Other results files", ""]
+        lines += [f"- `benchmarks/results/{n}`: no table on this page yet." for n in unknown]
+        lines += [
+            f"- `benchmarks/results/{n}`: kept as Markdown only (no JSON to build from)."
+            for n in markdown_only
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def anchor(title: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def allowed(spec: dict) -> str:
+    """What values a key takes, from its JSON schema."""
+    if "enum" in spec:
+        return "one of " + ", ".join(f"`{value(v)}`" for v in spec["enum"])
+    types = spec.get("type", "any")
+    types = types if isinstance(types, list) else [types]
+    words = {"boolean": "true or false", "object": "section"}
+    text = " or ".join(words.get(t, t) for t in types)
+    if "array" in types:
+        items = spec.get("items", {})
+        count = ""
+        if spec.get("minItems") is not None and spec.get("minItems") == spec.get("maxItems"):
+            count = f"{spec['minItems']} "
+        elif spec.get("minItems") == 1:
+            count = "one or more "
+        elif spec.get("minItems"):
+            count = f"{spec['minItems']} or more "
+        kind = {"integer": "integers", "number": "numbers", "boolean": "booleans"}
+        text = f"list of {count}{kind.get(items.get('type'), 'values')}"
+        bounds = ranges(items)
+        if bounds:
+            text += f", each {bounds}"
+        if spec.get("uniqueItems"):
+            text += ", no repeats"
+        return text
+    bounds = ranges(spec)
+    return f"{text}, {bounds}" if bounds else text
+
+
+def ranges(spec: dict) -> str:
+    parts = []
+    if "minimum" in spec:
+        parts.append(f">= {value(spec['minimum'])}")
+    if "exclusiveMinimum" in spec:
+        parts.append(f"> {value(spec['exclusiveMinimum'])}")
+    if "maximum" in spec:
+        parts.append(f"<= {value(spec['maximum'])}")
+    if "exclusiveMaximum" in spec:
+        parts.append(f"< {value(spec['exclusiveMaximum'])}")
+    return " and ".join(parts)
+
+
+def text(spec: dict) -> str:
+    words = " ".join(str(spec.get("description", "")).split())
+    return words.replace("|", "\\|") if words else "(no description in the schema)"
+
+
+def sentence(words) -> str:
+    words = " ".join(str(words).split()).rstrip(".")
+    return words[:1].upper() + words[1:] + "."
+
+
+def settings_rows(properties: dict, prefix: str) -> list[list[str]]:
+    rows = []
+    for key, spec in properties.items():
+        name = f"{prefix}{key}"
+        if spec.get("type") == "object" and "properties" in spec:
+            rows += settings_rows(spec["properties"], f"{name}.")
+        else:
+            rows.append([f"`{name}`", allowed(spec), f"`{value(spec.get('default'))}`", text(spec)])
+    return rows
+
+
+def settings_page() -> str:
+    schema = yaml.safe_load(SCHEMA.read_text())
+    header = ["key", "allowed", "default", "what it does"]
+    top = {k: s for k, s in schema["properties"].items() if s.get("type") != "object"}
+    sections = {k: s for k, s in schema["properties"].items() if s.get("type") == "object"}
+    lines = [
+        "# Settings",
+        "",
+        "<!-- Generated by benchmarks/report.py from steelflow/config.schema.yaml: "
+        "do not edit. -->",
+        "",
+        "Every key of `config.yaml`, generated from `steelflow/config.schema.yaml`, the one "
+        "schema that validates the config and fills its defaults (`make docs` rebuilds this "
+        "page). The defaults are `config.yaml`'s values. How to change a setting for one run, "
+        "in a file or under DVC: the README's Configuration section.",
+        "",
+        " ".join(str(schema.get("description", "")).split()),
+        "",
+        "## Top level",
+        "",
+        *table(header, settings_rows(top, "")),
+    ]
+    for key, spec in sections.items():
+        lines += ["", f"## `{key}`", ""]
+        if spec.get("description"):
+            lines += [sentence(spec["description"]), ""]
+        lines += table(header, settings_rows(spec.get("properties", {}), f"{key}."))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a page differs"
+    )
+    args = parser.parse_args()
+    stale = []
+    for path, page in ((BENCHMARKS_PAGE, benchmarks_page()), (SETTINGS_PAGE, settings_page())):
+        current = path.read_text() if path.exists() else None
+        if current == page:
+            continue
+        if args.check:
+            stale.append(path.relative_to(ROOT))
+        else:
+            path.write_text(page)
+            print(f"wrote {path.relative_to(ROOT)}")
+    if stale:
+        print(f"stale: {', '.join(map(str, stale))} (run `make docs`)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Image files, wherever steelflow reads them: one naming rule (``.jpg``, ``.jpeg`` or
+``.png``, any case: ``list_images``) and whole files only (``check_image_bytes``),
+decoded gray at their own size (``read_gray``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from steelflow.errors import SteelflowError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # in any case
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"  # the SOI and EOI markers
+PNG_START = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files of ``folder``, sorted: every file but hidden ones must end in
+    ``.jpg``, ``.jpeg`` or ``.png`` (any case); subfolders are not looked into."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SteelflowError(f"{folder}: not found or not a folder; expected a folder of images")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    for path in files:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise SteelflowError(
+                f"{path}: not a JPEG or PNG image (expected .jpg, .jpeg or .png, any case)"
+            )
+    return files
+
+
+def check_image_bytes(data: bytes | memoryview, name: str | Path) -> None:
+    """Refuse an image file's bytes unless they are a whole JPEG or PNG: a JPEG starts
+    with the start-of-image marker and ends with the end-of-image marker, a PNG ends
+    with its IEND chunk. A copy cut short or zero-filled after some point (as an
+    interrupted copy leaves it) fails this, though decoders may still return pixels."""
+    view = memoryview(data).cast("B")
+    start, end = bytes(view[:8]), bytes(view[-12:])
+    if start.startswith(JPEG_START):
+        if not end.endswith(JPEG_END):
+            raise SteelflowError(
+                f"{name}: cannot be read as an image (truncated or corrupt JPEG: "
+                "no end-of-image marker)"
+            )
+    elif start == PNG_START:
+        if end != PNG_END:
+            raise SteelflowError(
+                f"{name}: cannot be read as an image (truncated or corrupt PNG: no IEND chunk "
+                "at its end)"
+            )
+    else:
+        raise SteelflowError(f"{name}: cannot be read as an image (neither a JPEG nor a PNG file)")
+
+
+def decode_gray(data: np.ndarray, name: str | Path) -> np.ndarray:
+    """Decode an image file's bytes as uint8 gray, at its own size; a file that is not
+    a whole JPEG or PNG (``check_image_bytes``) is refused, never decoded in part."""
+    check_image_bytes(memoryview(data), name)
+    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise SteelflowError(f"{name}: cannot be read as an image (corrupt JPEG or PNG data)")
+    return image
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """Read an image file as uint8 gray, at its own size."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise SteelflowError(f"{path}: cannot be read ({e.strerror})") from None
+    return decode_gray(data, path)

@@ -449,6 +449,43 @@ def gpu(name: str, data: dict) -> list[str]:
     return [*out, "", stamp(name, data, host, gpu=data.get("device") or NOT_RECORDED)]
 
 
+def scale(data: dict) -> list[str]:
+    out = [
+        "Tune's own work at Kaggle scale (`python benchmarks/scale.py`): the out-of-fold pass "
+        "(JPEG decode and resize, mask reads, upsampling, counting, the tally), the search and "
+        "the figure, five folds, with the networks answering at once with synthetic outputs of "
+        "their shapes. Other jobs shared the machine: times are upper bounds, compare sizes by "
+        f"the ratios. Old: the previous code, its pass timed on {data['old_sample']} images "
+        "(linear in the images), its search and peak RSS measured at each size."
+    ]
+    header = [
+        "size", "images", "total s", "ms/image", "vs 1/12", "peak RSS MB", "old total s",
+        "old peak RSS MB",
+    ]  # fmt: skip
+    for kind, rows in data["kinds"].items():
+        old_ms = data["old_pass"][kind]["pass_ms_per_image"]
+        body = [
+            [
+                r["size"],
+                f"{r['images']:,}",
+                f"{r['total_s']:.1f}",
+                f"{r['ms_per_image']:.2f}",
+                f"{r['ms_per_image'] / rows[0]['ms_per_image']:.2f}",
+                f"{r['peak_rss_mb']:.0f}",
+                num(
+                    old_ms * r["images"] / 1000 + r["old"]["search_s"] if "old" in r else None,
+                    ".0f",
+                ),
+                num(r["old"]["peak_rss_mb"] if "old" in r else None, ".0f"),
+            ]
+            for r in rows
+        ]
+        past = f"{data['candidates'][kind]:.1f} classes per image past the lowest threshold"
+        title = f"{kind} maps ({past}):"
+        out += ["", title, "", *table(header, body)]
+    return [*out, "", stamp("scale.json", data, data.get("cpu"))]
+
+
 SECTIONS = {  # results file: (title, writer)
     "runs.json": ("Whole workflow runs", runs),
     "ablation.json": ("Ablations: one network at a time", ablation),
@@ -463,6 +500,7 @@ SECTIONS = {  # results file: (title, writer)
     "workers.json": ("Loader workers across epochs", workers),
     "predict.json": ("Prediction speed on a CPU", predict),
     "data.json": ("Data stages at Kaggle scale", data_stage),
+    "scale.json": ("Tune at Kaggle scale", scale),
     "rle.json": ("RLE codec", rle),
 }
 

@@ -6,7 +6,10 @@ from pathlib import Path
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
+from snakemake.logging import logger
+
 from steelflow.code import fingerprint, stage_command
+from steelflow.recorded import align_times
 from steelflow.config import (
     STAGE_SECTIONS,
     dotted_leaves,
@@ -53,6 +56,13 @@ class Arguments:
 
 
 CONFIG = Arguments(config_arguments())
+
+# Outputs DVC wrote back (dvc commit --force, dvc pull) carry DVC's times, not the
+# pipeline's: where dvc.lock holds for every stage, line them up so that Snakemake,
+# which goes by times, sees what DVC's record says (steelflow/recorded.py).
+if workflow.is_main_process:
+    for moved in align_times(Path.cwd()):
+        logger.info(f"{moved}: time set after its inputs', as dvc.lock records it")
 
 # Rules run `steelflow` from the environment that runs Snakemake (unless conda
 # provides one), so a venv works without being activated.

@@ -1,0 +1,68 @@
+"""Snakemake's file times made to agree with DVC's record of the same pipeline.
+
+DVC writes outputs back in its own order (``dvc commit``, ``checkout``, ``pull``), so a
+U-Net checkpoint can end up newer than the classifier trained from it. Snakemake goes
+by file times where it has no record of its own (a fresh clone) or the file is too
+large to checksum, and would redo that work. Where dvc.lock vouches for the whole
+pipeline (``dvc status``: up to date), the times are lined up in pipeline order; where
+anything changed, they are left alone and Snakemake decides as always.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TIMESTAMP = ".snakemake_timestamp"  # what Snakemake reads as a directory output's time
+
+
+def _time_file(path: Path) -> Path:
+    """The file whose time Snakemake takes for ``path``."""
+    return path / TIMESTAMP if (path / TIMESTAMP).is_file() else path
+
+
+def _mtime_ns(path: Path) -> int:
+    return _time_file(path).stat().st_mtime_ns
+
+
+def benchmark_file(stage: str) -> Path:
+    """The Snakemake benchmark file of a dvc.yaml stage (train_unet@0:
+    logs/benchmarks/train_unet_f0.tsv), which Snakemake counts among its outputs' times."""
+    name, _, fold = stage.partition("@")
+    return Path("logs/benchmarks") / f"{name}{f'_f{fold}' if fold else ''}.tsv"
+
+
+def align_times(root: Path, records: str = "results/stages") -> list[Path]:
+    """Where dvc.lock in ``root`` holds for every stage, make each stage's outputs (and
+    its Snakemake benchmark file) no older than the outputs of other stages it reads,
+    stage by stage in pipeline order. ``records``, DVC's own inputs of each stage, are
+    not Snakemake's and do not count. Returns the outputs whose time moved."""
+    if not (root / "dvc.lock").is_file():
+        return []
+    import networkx as nx
+    from dvc.repo import Repo
+
+    moved = []
+    with Repo(str(root)) as repo:
+        if repo.status():
+            return []
+        graph = repo.index.graph  # an edge runs from a stage to one it depends on
+        for stage in reversed(list(nx.topological_sort(graph))):
+            made = {Path(o.fs_path) for before in graph.successors(stage) for o in before.outs}
+            deps = [Path(d.fs_path) for d in stage.deps]  # a folder stands for what is in it
+            inputs = [
+                path
+                for path in made
+                if any(path.is_relative_to(dep) for dep in deps)
+                and not path.is_relative_to(root / records)
+            ]
+            outs = [Path(o.fs_path) for o in stage.outs]
+            if not inputs or not all(out.exists() for out in outs):
+                continue
+            benchmark = root / benchmark_file(stage.addressing)
+            newest = max(_mtime_ns(path) for path in inputs)
+            for path in [*outs, *([benchmark] if benchmark.is_file() else [])]:
+                if _mtime_ns(path) < newest:
+                    os.utime(_time_file(path), ns=(newest, newest))
+                    moved.append(path)
+    return moved

@@ -124,8 +124,9 @@ def runs(data: dict) -> list[str]:
     for r in data["rows"]:
         groups.setdefault(r.get("cpu") or "", []).append(r)
     header = [
-        "run", "changes", "U-Net s", "classifier s", "tune s", "submit s", "test Dice",
-        "all-empty", "margin", "classes 1 / 2 / 3 / 4", "val pooled 1 / 2 / 3 / 4", "on",
+        "run", "changes", "workflow s", "U-Net s", "classifier s", "tune s", "submit s",
+        "test Dice", "all-empty", "margin", "classes 1 / 2 / 3 / 4", "val pooled 1 / 2 / 3 / 4",
+        "on", "commit",
     ]  # fmt: skip
     for cpu, rows in groups.items():
         body = []
@@ -136,6 +137,7 @@ def runs(data: dict) -> list[str]:
                 [
                     r["name"],
                     changes(r["changes"]),
+                    num(r.get("workflow_s"), ".0f"),
                     *(num(s.get(k), ".0f") for k in ("train_unet_f0", "train_classifier_f0")),
                     *(num(s.get(k), ".0f") for k in ("tune", "submit")),
                     f"{r['test_dice']:.4f}",
@@ -144,6 +146,7 @@ def runs(data: dict) -> list[str]:
                     " / ".join(num(r["test_dice_on_defects"].get(c), ".3f") for c in CLASSES),
                     " / ".join(num(pooled.get(c), ".3f") for c in CLASSES),
                     ",".join(r["enabled"]),
+                    r.get("commit") or "-",
                 ]
             )
         out += [

@@ -3,8 +3,10 @@
 Each run is a folder where `snakemake --cores all` finished on one fold (fold 0,
 the default train.folds), a clone or a copy of one with a few settings changed.
 A row holds what the run's config changed from the defaults, the stage times
-(Snakemake benchmarks), the CPU of the machine that adds the row (add rows where
-the runs ran), the test score (results/metrics.json), the U-Net's
+(Snakemake benchmarks) and the workflow's wall time (its Snakemake log, first job
+start to last job end), the commit and date of the run, the CPU and torch of the
+machine that adds the row (add rows where the runs ran), the test score
+(results/metrics.json), the U-Net's
 last validation epoch and which classes tune switched on. Rows are added to
 benchmarks/results/runs.json under their name (a second run of the same name
 replaces the first) and the table is rewritten to runs.md.
@@ -16,9 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
 from common import RESULTS, cpu_name, write_results
 
@@ -40,6 +46,26 @@ def changes(config: dict, defaults: dict, prefix: str = "") -> dict:
     return out
 
 
+def workflow_times(run: Path) -> tuple[datetime, datetime]:
+    """The first job's start and the last job's end in the run's newest Snakemake log
+    that ran jobs (dry runs and reports log none)."""
+    logs = sorted((run / ".snakemake/log").glob("*.snakemake.log"), reverse=True)
+    for log in logs:  # named by their start time
+        stamps = re.findall(r"^\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]", log.read_text(), re.M)
+        times = [datetime.strptime(" ".join(s.split()), "%a %b %d %H:%M:%S %Y") for s in stamps]
+        if times:
+            return min(times), max(times)
+    raise SystemExit(f"{run}: no Snakemake log of a run in .snakemake/log")
+
+
+def commit(run: Path) -> str | None:
+    """The commit the run's checkout was at, if it is one."""
+    result = subprocess.run(
+        ["git", "-C", str(run), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return result.stdout.strip() or None
+
+
 def row(name: str, run: Path) -> dict:
     """One finished run's figures."""
     config = yaml.safe_load((run / "results/config.yaml").read_text())
@@ -50,9 +76,19 @@ def row(name: str, run: Path) -> dict:
     metrics = json.loads((run / "results/metrics.json").read_text())
     history = pd.read_csv(run / "results/train/unet_f0.csv").iloc[-1]
     tuned = json.loads((run / "results/thresholds.json").read_text())["classes"]
+    start, end = workflow_times(run)
+    every_stage = {
+        path.stem: float(pd.read_csv(path, sep="\t").s.iloc[-1])
+        for path in sorted((run / "logs/benchmarks").glob("*.tsv"))
+    }
     return {
         "name": name,
         "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "commit": commit(run),
+        "date": start.date().isoformat(),
+        "workflow_s": (end - start).total_seconds(),
+        "stage_s": every_stage,
         "changes": changes(config, load(ROOT / "config.yaml")),
         "seconds": seconds,
         "test_dice": metrics["dice"],

@@ -133,21 +133,27 @@ def _package_files() -> list[str]:
     return [*modules, SCHEMA, "pyproject.toml"]
 
 
+@cache
+def _content(file: str) -> str:
+    """What ``file`` does, as text: a module's syntax tree without docstrings or help
+    text, the schema without descriptions, pyproject.toml as it is."""
+    path = PACKAGE.parent / file
+    if file == "pyproject.toml":
+        return path.read_text()
+    if file == SCHEMA:
+        return json.dumps(_without_descriptions(yaml.safe_load(path.read_text())), sort_keys=True)
+    return ast.dump(_without_text(ast.parse(path.read_text())))
+
+
+@cache
 def fingerprint(stage: str) -> str:
     """A digest of what ``stage``'s code does: its files (``stage_code``; the bundle's,
     the whole package) as syntax trees without docstrings, comments or help text, the
-    schema without descriptions."""
+    schema without descriptions; of cli.py, the part the stage runs."""
     digest = hashlib.sha256()
     for file in _package_files() if stage == "bundle" else stage_code(stage):
-        path = PACKAGE.parent / file
-        if file == "pyproject.toml":
-            text = path.read_text()
-        elif file == SCHEMA:
-            schema = _without_descriptions(yaml.safe_load(path.read_text()))
-            text = json.dumps(schema, sort_keys=True)
-        else:
-            tree = _cli_part(stage) if file == "steelflow/cli.py" else ast.parse(path.read_text())
-            text = ast.dump(_without_text(tree))
+        cli = file == "steelflow/cli.py" and stage != "bundle"
+        text = ast.dump(_without_text(_cli_part(stage))) if cli else _content(file)
         digest.update(f"{file}\n{text}\n".encode())
     return digest.hexdigest()[:16]
 

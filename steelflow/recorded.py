@@ -32,6 +32,21 @@ def benchmark_file(stage: str) -> Path:
     return Path("logs/benchmarks") / f"{name}{f'_f{fold}' if fold else ''}.tsv"
 
 
+def _dependencies_first(graph) -> list:
+    """The stages of DVC's graph, each after every stage it depends on."""
+    order: list = []
+
+    def visit(stage) -> None:
+        if stage not in order:
+            for before in graph.successors(stage):
+                visit(before)
+            order.append(stage)
+
+    for stage in graph.nodes:
+        visit(stage)
+    return order
+
+
 def align_times(root: Path, records: str = "results/stages") -> list[Path]:
     """Where dvc.lock in ``root`` holds for every stage, make each stage's outputs (and
     its Snakemake benchmark file) no older than the outputs of other stages it reads,
@@ -39,7 +54,6 @@ def align_times(root: Path, records: str = "results/stages") -> list[Path]:
     not Snakemake's and do not count. Returns the outputs whose time moved."""
     if not (root / "dvc.lock").is_file():
         return []
-    import networkx as nx
     from dvc.repo import Repo
 
     moved = []
@@ -47,7 +61,7 @@ def align_times(root: Path, records: str = "results/stages") -> list[Path]:
         if repo.status():
             return []
         graph = repo.index.graph  # an edge runs from a stage to one it depends on
-        for stage in reversed(list(nx.topological_sort(graph))):
+        for stage in _dependencies_first(graph):
             made = {Path(o.fs_path) for before in graph.successors(stage) for o in before.outs}
             deps = [Path(d.fs_path) for d in stage.deps]  # a folder stands for what is in it
             inputs = [

@@ -452,9 +452,9 @@ def gpu(name: str, data: dict) -> list[str]:
     return [*out, "", stamp(name, data, host, gpu=data.get("device") or NOT_RECORDED)]
 
 
-def scale(data: dict) -> list[str]:
+def tune_scale(data: dict) -> list[str]:
     out = [
-        "Tune's own work at Kaggle scale (`python benchmarks/scale.py`): the out-of-fold pass "
+        "Tune's own work at Kaggle scale (`python benchmarks/tune_scale.py`): the out-of-fold pass "
         "(JPEG decode and resize, mask reads, upsampling, counting, the tally), the search and "
         "the figure, five folds, with the networks answering at once with synthetic outputs of "
         "their shapes. Other jobs shared the machine: times are upper bounds, compare sizes by "
@@ -486,6 +486,112 @@ def scale(data: dict) -> list[str]:
         past = f"{data['candidates'][kind]:.1f} classes per image past the lowest threshold"
         title = f"{kind} maps ({past}):"
         out += ["", title, "", *table(header, body)]
+    return [*out, "", stamp("tune_scale.json", data, data.get("cpu"))]
+
+
+def workflow_scale(data: dict) -> list[str]:
+    """Every stage through the workflow at each size (benchmarks/scale.py)."""
+    sizes = data["sizes"]
+    first, last = sizes[0], sizes[-1]
+
+    def grouped(row: dict) -> dict:
+        """Stages with the folds of each training summed (seconds) or maxed (RSS)."""
+        out = {}
+        for name, r in row["stages"].items():
+            stage = name.rsplit("_f", 1)[0] if name.startswith("train_") else name
+            g = out.setdefault(stage, {"s": 0.0, "max_rss_mb": 0.0, "images": 0, "jobs": 0})
+            g["s"] += r["s"]
+            g["max_rss_mb"] = max(g["max_rss_mb"], r["max_rss_mb"])
+            g["images"] = (g["images"] or 0) + (r["images"] or 0) if r["images"] else None
+            g["jobs"] += 1
+        return out
+
+    def ms(g: dict) -> float | None:
+        return 1000 * g["s"] / g["images"] if g["images"] else None
+
+    stages = [grouped(row) for row in sizes]
+    total = sum(g["s"] for g in stages[-1].values())
+    body = []
+    for stage, g in stages[-1].items():
+        small = stages[0].get(stage)
+        ratio = ms(g) / ms(small) if ms(g) and small and ms(small) else None
+        body.append(
+            [
+                stage if g["jobs"] == 1 else f"{stage} ({g['jobs']} folds)",
+                num(g["images"], ",d"),
+                *(f"{s[stage]['s']:.1f}" if stage in s else "-" for s in stages),
+                num(ms(small) if small else None, ".2f"),
+                num(ms(g), ".2f"),
+                num(ratio, ".2f"),
+                " / ".join(f"{s[stage]['max_rss_mb']:.0f}" if stage in s else "-" for s in stages),
+                f"{100 * g['s'] / total:.0f}%",
+            ]
+        )
+    names = [row["size"] for row in sizes]
+    header = [
+        "stage", f"images ({last['size']})", *(f"{n} s" for n in names),
+        f"ms/image {first['size']}", f"ms/image {last['size']}",
+        f"{last['size']} / {first['size']}", f"peak RSS MB ({' / '.join(names)})",
+        f"share of {last['size']}",
+    ]  # fmt: skip
+    out = [
+        "Kaggle scale through the workflow (`python benchmarks/scale.py`): "
+        "`snakemake --cores all` on configs/scale.yaml (five folds, one epoch per network, "
+        "tune out of fold on every train image, flip TTA) at "
+        + ", ".join(f"{r['size']} ({r['n_train']:,} train, {r['n_test']:,} test)" for r in sizes)
+        + " of Kaggle's images, one run each. Seconds and peak RSS from Snakemake's "
+        "benchmark files; ms/image: seconds per image the stage reads (fetch: train and "
+        "test; training: every train image, per fold, summed over folds; submit and "
+        "score: test; config and bundle: none).",
+        "",
+        *table(header, body),
+        "",
+        "Workflow wall time (first job's start to last job's end): "
+        + ", ".join(f"{r['size']} {r['workflow_s'] / 60:.1f} min" for r in sizes)
+        + f". Load average {data['load_before']:.1f} before, {data['load_after']:.1f} after.",
+        "",
+    ]
+    dvc = [
+        [
+            r["size"],
+            f"{r['dvc']['remote_bytes'] / 1e9:.2f}",
+            f"{r['dvc']['commit_s']:.1f}",
+            f"{r['dvc']['push_s']:.1f}",
+            f"{r['dvc']['pull_s']:.1f}",
+            "yes" if r["dvc"]["clone_up_to_date"] else "no",
+        ]
+        for r in sizes
+    ]
+    out += [
+        "Recording the run the README's way: `dvc commit --force`, `dvc push` to a local "
+        "remote, `dvc pull` into a fresh clone, seconds each.",
+        "",
+        *table(["size", "remote GB", "commit s", "push s", "pull s", "clone up to date"], dvc),
+    ]
+    if "prediction" in last:
+        submit = last["stages"]["submit"]
+        rows = [
+            [
+                precision,
+                f"{r['images_per_s_forward']:.1f}",
+                f"{r['images_per_s_end_to_end']:.1f}",
+                f"{r['ratio']:.2f}",
+            ]
+            for precision, r in last["prediction"].items()
+            if precision != "sample"
+        ]
+        out += [
+            "",
+            f"Prediction at {last['size']} size with the run's models (five folds of each "
+            f"network, flip TTA), images/s on {last['prediction']['sample']} test images "
+            f"({last['prediction']['fp32']['past_gate']} past the classifier's gate, which the "
+            "U-Net sees), best of two: the forward passes alone and end to end "
+            "(decode, networks, upsampling, thresholds, RLE). The submit stage itself: "
+            f"{last['n_test'] / submit['s']:.1f} images/s in the run, start-up and model "
+            "loading included.",
+            "",
+            *table(["precision", "forward alone", "end to end", "end to end / forward"], rows),
+        ]
     return [*out, "", stamp("scale.json", data, data.get("cpu"))]
 
 
@@ -503,7 +609,8 @@ SECTIONS = {  # results file: (title, writer)
     "workers.json": ("Loader workers across epochs", workers),
     "predict.json": ("Prediction speed on a CPU", predict),
     "data.json": ("Data stages at Kaggle scale", data_stage),
-    "scale.json": ("Tune at Kaggle scale", scale),
+    "scale.json": ("Kaggle scale through the workflow", workflow_scale),
+    "tune_scale.json": ("Tune at Kaggle scale", tune_scale),
     "rle.json": ("RLE codec", rle),
 }
 

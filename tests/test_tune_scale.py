@@ -4,7 +4,7 @@ replaced gave, to the last bit, in memory that does not grow with the images.
 The reference is that loop, kept here as it was (``old_*``): a Python loop over
 (image, class, threshold) labelling components with OpenCV, per-image evidence kept
 for every image, and the search's mean over an (images, gates, thresholds, areas,
-component minimums) array. benchmarks/scale.py times it against the new code.
+component minimums) array. benchmarks/tune_scale.py times it against the new code.
 """
 
 from __future__ import annotations

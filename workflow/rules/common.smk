@@ -64,10 +64,22 @@ if workflow.is_main_process:
     for moved in align_times(Path.cwd()):
         logger.info(f"{moved}: time set after its inputs', as dvc.lock records it")
 
-# Rules run `steelflow` from the environment that runs Snakemake (unless conda
-# provides one), so a venv works without being activated.
+# Rules run `steelflow` from the environment that runs Snakemake, so a venv works
+# without being activated. Under conda the environment holds steelflow's dependencies
+# alone (workflow/envs/steelflow.yaml) and `steelflow` runs this checkout's package,
+# found by PYTHONPATH, wherever --conda-prefix puts the environment. A prefix replaces
+# Snakemake's default one, bash's strict mode, so it starts with it; shell.prefix reads
+# braces as placeholders, hence the doubling.
+SHELL_PREFIX = "set -euo pipefail; " if Path(shell.get_executable() or "").name == "bash" else ""
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
-    shell.prefix(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; ")
+    SHELL_PREFIX += f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; "
+else:
+    SHELL_PREFIX += (
+        f"export PYTHONPATH={shlex.quote(str(Path(workflow.basedir).resolve()))}"
+        '"${PYTHONPATH:+:$PYTHONPATH}"; '
+        'steelflow() { python -m steelflow "$@"; }; '
+    )
+shell.prefix(SHELL_PREFIX.replace("{", "{{").replace("}", "}}"))
 
 # What reruns a rule: besides its inputs, the settings it reads (stage_settings) and
 # the fingerprint of the code its command runs (steelflow.code.fingerprint), both

@@ -19,8 +19,8 @@ from tests.conftest import ROOT, TEST_CONFIG
 
 ENV_FILE = ROOT / "workflow/envs/steelflow.yaml"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-# What runs around the jobs, or is wanted by one data source alone: never in every job.
-AROUND_THE_JOBS = {"snakemake", "dvc", "kaggle", "steelflow"}
+# What runs around the jobs, and steelflow itself (the checkout's): never in the environment.
+AROUND_THE_JOBS = {"snakemake", "dvc", "steelflow"}
 
 
 def requirement_set(lines: list[str]) -> set[tuple]:
@@ -46,13 +46,14 @@ def environment() -> tuple[list[str], list[str]]:
 
 
 def test_the_environment_holds_pyprojects_dependencies_as_pyproject_pins_them():
-    """[project] dependencies, the opencv extra (the image readers' cv2) and the build
+    """[project] dependencies, the opencv and kaggle extras (cv2; fetch's kaggle client), the build
     requirement (`bundle` builds its wheel without build isolation), specifiers and all;
     not steelflow itself, nor what runs around the jobs."""
     conda, pip = environment()
     expected = (
         PYPROJECT["project"]["dependencies"]
         + PYPROJECT["project"]["optional-dependencies"]["opencv"]
+        + PYPROJECT["project"]["optional-dependencies"]["kaggle"]
         + PYPROJECT["build-system"]["requires"]
     )
     assert requirement_set(pip) == requirement_set(expected)

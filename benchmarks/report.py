@@ -546,6 +546,21 @@ def workflow_scale(data: dict) -> list[str]:
         "",
         *table(header, body),
         "",
+        *(
+            [
+                "Test images past the classifiers' gate at submit, the ones its U-Nets run on: "
+                + ", ".join(
+                    f"{r['size']} {r['submit_past_gate']:,} of {r['n_test']:,} "
+                    f"({1000 * r['stages']['submit']['s'] / max(r['submit_past_gate'], 1):.0f} "
+                    "ms of submit per image past it)"
+                    for r in sizes
+                )
+                + ". Tune's thresholds, and so the gates, differ with the models of each size.",
+                "",
+            ]
+            if all("submit_past_gate" in r for r in sizes)
+            else []
+        ),
         "Workflow wall time (first job's start to last job's end): "
         + ", ".join(f"{r['size']} {r['workflow_s'] / 60:.1f} min" for r in sizes)
         + f". Load average {data['load_before']:.1f} before, {data['load_after']:.1f} after.",

@@ -21,6 +21,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,15 @@ def stage_images(stage: str, n_train: int, n_test: int) -> int | None:
     if stage in ("config", "bundle"):
         return None
     return n_train
+
+
+def past_gate(folder: Path) -> int:
+    """The test images submit's U-Nets ran on, as its log says (the rest stopped at the
+    classifiers' gate): what its work grows with, besides the images."""
+    found = re.search(r"the U-Net ran on (\d+)", (folder / "logs/submit.log").read_text())
+    if not found:
+        raise SystemExit(f"{folder}/logs/submit.log: no count of the images past the gate")
+    return int(found.group(1))
 
 
 def stages(folder: Path, n_train: int, n_test: int) -> dict:
@@ -163,6 +173,7 @@ def run_size(divisor: int, work: Path, sample: int | None) -> dict:
         "snakemake_s": wall,
         "workflow_s": (end - start).total_seconds(),
         "stages": stages(folder, n_train, n_test),
+        "submit_past_gate": past_gate(folder),
         "outputs_bytes": sum(
             size_of(folder / p) for p in ("resources", "models", "results", "dist")
         ),
@@ -203,8 +214,9 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         largest = divisor == min(args.sizes)
         data["sizes"].append(run_size(divisor, work, args.sample if largest else None))
-        if not largest:
-            shutil.rmtree(work)  # the largest is kept to look at
+        if not largest:  # the largest is kept to look at; of the others, their logs
+            shutil.copytree(work / "run/logs", args.work / f"logs_{divisor}", dirs_exist_ok=True)
+            shutil.rmtree(work)
         data["load_after"] = os.getloadavg()[0]
         write_results("scale", data, "\n".join(workflow_scale(data)) + "\n")  # size by size
 

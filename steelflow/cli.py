@@ -249,6 +249,11 @@ def _predictor(models: dict[str, dict[int, Path]], config: dict, folds: list[int
     )
 
 
+def _past_gate(predictor) -> str:
+    """How many images the U-Nets ran on: those past the classifiers' gate."""
+    return f"the U-Net ran on {predictor.past_gate}, past the classifier's gate"
+
+
 def _ensemble(args: argparse.Namespace, config: dict):
     """The predictor of every fold of train.folds."""
     folds = config["train"]["folds"]
@@ -295,7 +300,8 @@ def _submit(args: argparse.Namespace) -> None:
     table = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
     check_submission(table, image_ids)
     write_submission(args.out, table, image_ids, config["submit"]["layout"])
-    print(f"{args.out}: {len(image_ids)} images, {(table.EncodedPixels != '').sum()} masks")
+    masks = (table.EncodedPixels != "").sum()
+    print(f"{args.out}: {len(image_ids)} images, {masks} masks; {_past_gate(predictor)}")
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -305,8 +311,9 @@ def _predict(args: argparse.Namespace) -> None:
     config = _load(args)
     check_output_dir(args.out, "predict", args.force, (Path(args.images), *_inputs(args)))
     thresholds = Thresholds.load(Path(args.thresholds))  # the quick check first
+    predictor = _ensemble(args, config)
     table = predict_folder(
-        _ensemble(args, config),
+        predictor,
         thresholds,
         Path(args.images),
         Path(args.out),
@@ -316,7 +323,9 @@ def _predict(args: argparse.Namespace) -> None:
     )
     found = (table.EncodedPixels != "").sum()
     written = "predictions.csv and overlays" if args.overlays else "predictions.csv"
-    print(f"{args.out}: {len(table) // 4} images, {found} masks; {written}")
+    print(
+        f"{args.out}: {len(table) // 4} images, {found} masks; {_past_gate(predictor)}; {written}"
+    )
 
 
 def _bundle(args: argparse.Namespace) -> None:

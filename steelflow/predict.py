@@ -214,7 +214,7 @@ def load_ensemble(paths: list[Path], task: str, device: torch.device):
 class Predictor:
     """The classifiers and U-Nets of the trained folds on a device, in the precision of
     the training config; their probabilities are averaged over the models and the
-    ``tta`` flips (``FLIPS``)."""
+    ``tta`` flips (``FLIPS``). ``past_gate`` counts the images the U-Nets have run on."""
 
     def __init__(
         self, classifiers: list[Path], unets: list[Path], train_cfg: dict, tta: str = "none"
@@ -229,6 +229,7 @@ class Predictor:
         for model in self.classifiers + self.unets:
             model.to(memory_format=self.memory)
         self.flips = FLIPS[tta]
+        self.past_gate = 0
 
     @property
     def scales(self) -> set[float]:
@@ -298,6 +299,7 @@ class Predictor:
         gated = th.gated(self.class_prob(views))
         passed = np.flatnonzero(gated.any(axis=1))
         masks = np.zeros((len(views), C, H, W), np.uint8)
+        self.past_gate += len(passed)
         if len(passed):
             prob = self.mask_prob([views[i] for i in passed], full_size=False)
             image, cls, found = threshold_pairs(prob, th, gated[passed])

@@ -523,6 +523,23 @@ def test_prediction_streams_and_matches_postprocessing_each_batch(project):
         assert np.array_equal(masks, want), name
         assert texts == rle.encode_many(want)
     assert any(m.any() for _, m, _ in results)  # something was found: the test can fail
+    assert predictor.past_gate == len(names)  # every gate open: the U-Net saw every image
+
+
+def test_the_unet_runs_on_the_images_past_the_gate_and_says_how_many(project):
+    """``past_gate`` counts the images the U-Net ran on: those with a class past its gate."""
+    from steelflow.predict import Predictor, predict_images
+
+    predictor = Predictor(*trained_pair(project, 0), load(TEST_CONFIG)["train"])
+    files = sorted((project / "raw/test_images").glob("*.jpg"))
+    names = [f.name for f in files]
+    probs = predictor.class_prob([predictor.read(f) for f in files])
+    gate = float(np.median(probs[:, 0]))  # class 1 alone, past its gate on half the images
+    th = Thresholds(True, [True, False, False, False], [gate] * 4, [0.5] * 4, [0] * 4, [0] * 4)
+    past = int((probs[:, 0] >= gate).sum())
+    assert 0 < past < len(names)
+    list(predict_images(predictor, th, names, lambda n: predictor.read(files[0].parent / n), 2))
+    assert predictor.past_gate == past
 
 
 @pytest.mark.gpu

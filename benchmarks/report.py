@@ -509,6 +509,13 @@ def workflow_scale(data: dict) -> list[str]:
     def ms(g: dict) -> float | None:
         return 1000 * g["s"] / g["images"] if g["images"] else None
 
+    def past_gate(row: dict) -> str:
+        passed, n = row["submit_past_gate"], row["n_test"]
+        if not passed:
+            return f"{row['size']} none of {n:,} (the classifiers alone ran)"
+        ms_past = 1000 * row["stages"]["submit"]["s"] / passed
+        return f"{row['size']} {passed:,} of {n:,} ({ms_past:.0f} ms of submit per image past it)"
+
     stages = [grouped(row) for row in sizes]
     total = sum(g["s"] for g in stages[-1].values())
     body = []
@@ -549,13 +556,10 @@ def workflow_scale(data: dict) -> list[str]:
         *(
             [
                 "Test images past the classifiers' gate at submit, the ones its U-Nets run on: "
-                + ", ".join(
-                    f"{r['size']} {r['submit_past_gate']:,} of {r['n_test']:,} "
-                    f"({1000 * r['stages']['submit']['s'] / max(r['submit_past_gate'], 1):.0f} "
-                    "ms of submit per image past it)"
-                    for r in sizes
-                )
-                + ". Tune's thresholds, and so the gates, differ with the models of each size.",
+                + ", ".join(map(past_gate, sizes))
+                + ". Tune's thresholds, and so the gates, differ with the models of each size: "
+                "compare submit's time per image between sizes where the U-Net ran on a "
+                "similar share of the images.",
                 "",
             ]
             if all("submit_past_gate" in r for r in sizes)

@@ -489,7 +489,7 @@ def tune_scale(data: dict) -> list[str]:
     return [*out, "", stamp("tune_scale.json", data, data.get("cpu"))]
 
 
-def workflow_scale(data: dict) -> list[str]:
+def workflow_scale(data: dict, name: str = "scale") -> list[str]:
     """Every stage through the workflow at each size (benchmarks/scale.py)."""
     sizes = data["sizes"]
     first, last = sizes[0], sizes[-1]
@@ -517,6 +517,7 @@ def workflow_scale(data: dict) -> list[str]:
         return f"{row['size']} {passed:,} of {n:,} ({ms_past:.0f} ms of submit per image past it)"
 
     stages = [grouped(row) for row in sizes]
+    changed = changes(data.get("changes", {}))
     total = sum(g["s"] for g in stages[-1].values())
     body = []
     for stage, g in stages[-1].items():
@@ -544,7 +545,7 @@ def workflow_scale(data: dict) -> list[str]:
     out = [
         "Kaggle scale through the workflow (`python benchmarks/scale.py`): "
         "`snakemake --cores all` on configs/scale.yaml (five folds, one epoch per network, "
-        "tune out of fold on every train image, flip TTA) at "
+        f"tune out of fold on every train image, flip TTA; changes: {changed}) at "
         + ", ".join(f"{r['size']} ({r['n_train']:,} train, {r['n_test']:,} test)" for r in sizes)
         + " of Kaggle's images, one run each. Seconds and peak RSS from Snakemake's "
         "benchmark files; ms/image: seconds per image the stage reads (fetch: train and "
@@ -611,7 +612,7 @@ def workflow_scale(data: dict) -> list[str]:
             "",
             *table(["precision", "forward alone", "end to end", "end to end / forward"], rows),
         ]
-    return [*out, "", stamp("scale.json", data, data.get("cpu"))]
+    return [*out, "", stamp(f"{name}.json", data, data.get("cpu"))]
 
 
 SECTIONS = {  # results file: (title, writer)
@@ -629,6 +630,10 @@ SECTIONS = {  # results file: (title, writer)
     "predict.json": ("Prediction speed on a CPU", predict),
     "data.json": ("Data stages at Kaggle scale", data_stage),
     "scale.json": ("Kaggle scale through the workflow", workflow_scale),
+    "scale_fp32.json": (
+        "Kaggle scale through the workflow in fp32",
+        lambda d: workflow_scale(d, "scale_fp32"),
+    ),
     "tune_scale.json": ("Tune at Kaggle scale", tune_scale),
     "rle.json": ("RLE codec", rle),
 }

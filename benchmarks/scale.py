@@ -12,7 +12,8 @@ alone (benchmarks/predict.py's ``measure``, on a sample of the test images, with
 run's five folds and flips, fp32 and bf16).
 
     python benchmarks/scale.py [--sizes 12 4 1] [--work DIR] [--sample 64]
-    python benchmarks/scale.py --render      # scale.md again from scale.json
+    python benchmarks/scale.py --sizes 12 --set train.precision=fp32 --name scale_fp32
+    python benchmarks/scale.py --render [--name NAME]   # NAME.md again from NAME.json
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from predict import measure
 from report import workflow_scale
 from runs import workflow_times
 
+from steelflow.config import parse_value, set_dotted
 from steelflow.predict import Predictor, Thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,16 +61,18 @@ def sh(args: list, cwd: Path) -> float:
     return time.perf_counter() - start
 
 
-def workflow_copy(folder: Path, n_train: int, n_test: int) -> None:
+def workflow_copy(folder: Path, n_train: int, n_test: int, changes: dict) -> None:
     """The workflow in ``folder`` as a clone would hold it, config.yaml training every
     fold of configs/scale.yaml (DVC's foreach reads train.folds there), and params.yaml
-    layering an overlay of configs/scale.yaml at this size."""
+    layering an overlay of configs/scale.yaml at this size, with ``changes`` (dotted keys)."""
     for name in WORKFLOW:
         src, dest = ROOT / name, folder / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest)
     overlay = yaml.safe_load((ROOT / "configs/scale.yaml").read_text())
     overlay["data"]["synthetic"] |= {"n_train": n_train, "n_test": n_test}
+    for key, value in changes.items():
+        set_dotted(overlay, key, value)
     (folder / "configs/scale_run.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
     folds = overlay["train"]["folds"]
     config = folder / "config.yaml"
@@ -159,10 +163,10 @@ def prediction(folder: Path, sample: int) -> dict:
     return out
 
 
-def run_size(divisor: int, work: Path, sample: int | None) -> dict:
+def run_size(divisor: int, work: Path, sample: int | None, changes: dict) -> dict:
     n_train, n_test = round(KAGGLE_TRAIN / divisor), round(KAGGLE_TEST / divisor)
     folder = work / "run"
-    workflow_copy(folder, n_train, n_test)
+    workflow_copy(folder, n_train, n_test, changes)
     print(f"1/{divisor}: {n_train} train, {n_test} test images in {folder}", flush=True)
     wall = sh(["snakemake", "--cores", "all", "--configfile", "configs/scale_run.yaml"], folder)
     start, end = workflow_times(folder)
@@ -190,12 +194,15 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[12, 4, 1], help="divisors")
     parser.add_argument("--work", type=Path, default=Path("/tmp/steelflow-scale"))
     parser.add_argument("--sample", type=int, default=64, help="test images for prediction")
-    parser.add_argument("--render", action="store_true", help="rewrite scale.md from scale.json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--name", default="scale", help="results/NAME.{json,md}")
+    parser.add_argument("--render", action="store_true", help="rewrite NAME.md from NAME.json")
     args = parser.parse_args()
     if args.render:
-        data = json.loads((RESULTS / "scale.json").read_text())
-        write_results("scale", data, "\n".join(workflow_scale(data)) + "\n")
+        data = json.loads((RESULTS / f"{args.name}.json").read_text())
+        write_results(args.name, data, "\n".join(workflow_scale(data, args.name)) + "\n")
         return
+    changes = {k: parse_value(v) for k, _, v in (c.partition("=") for c in args.set)}
     commit = subprocess.run(
         ["git", "describe", "--always", "--dirty= with uncommitted changes"],
         cwd=ROOT, capture_output=True, text=True,
@@ -206,6 +213,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "commit": commit,
         "date": datetime.date.today().isoformat(),
+        "changes": changes,
         "load_before": os.getloadavg()[0],
         "sizes": [],
     }
@@ -213,12 +221,14 @@ def main() -> None:
         work = args.work / f"size_{divisor}"
         shutil.rmtree(work, ignore_errors=True)
         largest = divisor == min(args.sizes)
-        data["sizes"].append(run_size(divisor, work, args.sample if largest else None))
+        sample = args.sample if largest else None
+        data["sizes"].append(run_size(divisor, work, sample, changes))
         if not largest:  # the largest is kept to look at; of the others, their logs
             shutil.copytree(work / "run/logs", args.work / f"logs_{divisor}", dirs_exist_ok=True)
             shutil.rmtree(work)
         data["load_after"] = os.getloadavg()[0]
-        write_results("scale", data, "\n".join(workflow_scale(data)) + "\n")  # size by size
+        markdown = "\n".join(workflow_scale(data, args.name)) + "\n"
+        write_results(args.name, data, markdown)  # size by size
 
 
 if __name__ == "__main__":

@@ -528,9 +528,9 @@ def workflow_scale(data: dict, name: str = "scale") -> list[str]:
                 stage if g["jobs"] == 1 else f"{stage} ({g['jobs']} folds)",
                 num(g["images"], ",d"),
                 *(f"{s[stage]['s']:.1f}" if stage in s else "-" for s in stages),
-                num(ms(small) if small else None, ".2f"),
+                *([num(ms(small) if small else None, ".2f")] if len(sizes) > 1 else []),
                 num(ms(g), ".2f"),
-                num(ratio, ".2f"),
+                *([num(ratio, ".2f")] if len(sizes) > 1 else []),
                 " / ".join(f"{s[stage]['max_rss_mb']:.0f}" if stage in s else "-" for s in stages),
                 f"{100 * g['s'] / total:.0f}%",
             ]
@@ -538,8 +538,9 @@ def workflow_scale(data: dict, name: str = "scale") -> list[str]:
     names = [row["size"] for row in sizes]
     header = [
         "stage", f"images ({last['size']})", *(f"{n} s" for n in names),
-        f"ms/image {first['size']}", f"ms/image {last['size']}",
-        f"{last['size']} / {first['size']}", f"peak RSS MB ({' / '.join(names)})",
+        *([f"ms/image {first['size']}"] if len(sizes) > 1 else []), f"ms/image {last['size']}",
+        *([f"{last['size']} / {first['size']}"] if len(sizes) > 1 else []),
+        f"peak RSS MB ({' / '.join(names)})",
         f"share of {last['size']}",
     ]  # fmt: skip
     out = [

@@ -3,11 +3,13 @@
 import json
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_name() -> str:
@@ -35,6 +37,15 @@ def cpu_name() -> str:
     )
     isa = torch.backends.cpu.get_cpu_capability()
     return f"{model}, {os.cpu_count()} cores, {isa}, {bf16}"
+
+
+def commit() -> str:
+    """This checkout's short commit, 'with uncommitted changes' where a tracked file
+    differs from it; empty outside git."""
+    return subprocess.run(
+        ["git", "describe", "--always", "--dirty= with uncommitted changes"],
+        cwd=ROOT, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
 
 
 def write_json(name: str, results: dict) -> None:

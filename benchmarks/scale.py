@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-from common import RESULTS, cpu_name, write_results
+from common import RESULTS, commit, cpu_name, write_results
 from predict import measure
 from report import workflow_scale
 from runs import workflow_times
@@ -203,15 +203,11 @@ def main() -> None:
         write_results(args.name, data, "\n".join(workflow_scale(data, args.name)) + "\n")
         return
     changes = {k: parse_value(v) for k, _, v in (c.partition("=") for c in args.set)}
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty= with uncommitted changes"],
-        cwd=ROOT, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
     data = {
         "cpu": cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "commit": commit,
+        "commit": commit(),
         "date": datetime.date.today().isoformat(),
         "changes": changes,
         "load_before": os.getloadavg()[0],

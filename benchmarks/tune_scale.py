@@ -42,7 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from common import RESULTS, cpu_name, write_results
+from common import RESULTS, commit, cpu_name, write_results
 
 from steelflow.config import load
 from steelflow.dataset import at_scale
@@ -278,19 +278,6 @@ def child(*args: str) -> dict:
         [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return ""
-    return f"{head} with uncommitted changes" if dirty and head else head
 
 
 def markdown(data: dict) -> str:

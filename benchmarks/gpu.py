@@ -15,11 +15,11 @@ weights: the speed is the same):
 3. One epoch of each network (fold 0) and tune on its validation fold; then the
    test images end to end (JPEG files in, RLE out) against the forward passes
    alone (and, with one model, against the device's and the CPU's parts of
-   prediction each alone: ``predict.measure``), with one model and as the Kaggle
-   config predicts (every fold's models,
-   flip TTA: the fold-0 models stand in for the others), every image through
-   both networks (every class on, no gate: the slowest case); and JPEG decoding by
-   libjpeg in the loader against nvJPEG on the GPU.
+   prediction each alone: ``predict.measure``), with one model (decoding and RLE
+   encoding on the device, then on the CPU) and as the Kaggle config predicts
+   (every fold's models, flip TTA: the fold-0 models stand in for the others),
+   every image through both networks (every class on, no gate: the slowest case);
+   and JPEG decoding by libjpeg in the loader against nvJPEG on the GPU.
 
 Writes benchmarks/results/gpu.json after each section (a run cut short keeps
 what it measured) and gpu.md at the end. On an H200 the defaults took about 7
@@ -210,12 +210,17 @@ def main() -> None:
         folds = len(config["train"]["folds"])
         batch = config["predict"]["batch_size"]
         results["prediction"] = {}
-        for label, copies, tta in (
-            ("one model", 1, "none"),
-            (f"{folds} folds, {config['predict']['tta']}", folds, config["predict"]["tta"]),
+        for label, copies, tta, on_device in (
+            ("one model", 1, "none", True),
+            ("one model, decoding and RLE on the CPU", 1, "none", False),
+            (f"{folds} folds, {config['predict']['tta']}", folds, config["predict"]["tta"], True),
         ):
             predictor = Predictor(
-                [models["classifier"]] * copies, [models["unet"]] * copies, config["train"], tta
+                [models["classifier"]] * copies,
+                [models["unet"]] * copies,
+                config["train"],
+                tta,
+                on_device=on_device and device.type == "cuda",
             )
             results["prediction"][label] = measure(
                 predictor, thresholds, paths, batch, repeats=1, parts=copies == 1

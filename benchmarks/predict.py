@@ -5,8 +5,9 @@ upsampling, thresholds and areas, RLE encoding. Forward alone: the same
 classifier and U-Net calls on tensors already in memory (the same images past
 the gate). End to end overlaps two parts, each also timed alone: the device's
 (``Predictor.thresholded`` on images already decoded: the networks, upsampling,
-thresholds, masks back to the CPU) and the CPU's (decoding, components, RLE,
-with the device's outputs replayed). Both in fp32 and bf16, on the test images
+thresholds, masks back to the CPU, on a GPU RLE encoding) and the reader's and
+the CPU's (decoding, on a GPU on the device; components, RLE; with the device's
+outputs replayed). Both in fp32 and bf16, on the test images
 and models of a default run (`make run` first). Writes
 benchmarks/results/predict.json and predict.md.
 
@@ -16,17 +17,14 @@ benchmarks/results/predict.json and predict.md.
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from common import cpu_name, write_results
 
 from steelflow.config import load
-from steelflow.predict import Predictor, Thresholds, batched, predict_images
+from steelflow.predict import Predictor, Thresholded, Thresholds, batched, predict_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,15 +33,15 @@ class Replay:
     """A predictor whose device answers at once: ``outputs`` (``thresholded``'s, one per
     batch, in order) replayed as copies; what is left to time is the CPU's part."""
 
-    def __init__(self, predictor: Predictor, outputs: list[tuple[np.ndarray, np.ndarray]]):
+    def __init__(self, predictor: Predictor, outputs: list[Thresholded]):
         self.predictor, self.outputs = predictor, iter(outputs)
 
     def batches(self, *args):
         return self.predictor.batches(*args)
 
-    def thresholded(self, views, thresholds) -> tuple[np.ndarray, np.ndarray]:
-        masks, gated = next(self.outputs)
-        return masks.copy(), gated
+    def thresholded(self, views, thresholds) -> Thresholded:
+        texts, masks = next(self.outputs)
+        return [list(t) for t in texts], masks  # _finish fills in the texts
 
 
 def measure(
@@ -61,13 +59,11 @@ def measure(
 
     def end_to_end(names: list[str], runner=predictor) -> int:
         """The prediction loop of submit and predict: files in, RLE out."""
-        found = predict_images(
-            runner, thresholds, names, lambda n: predictor.read(folder / n), batch
-        )
-        return sum(bool(text) for _, _, texts in found for text in texts)
+        found = predict_images(runner, thresholds, names, predictor.reader(folder), batch)
+        return sum(bool(text) for _, texts in found for text in texts)
 
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
-        views = [list(pool.map(predictor.read, group)) for group in batched(paths, batch)]
+    read = predictor.reader(folder)
+    views = [read([p.name for p in group]) for group in batched(paths, batch)]
     passed = [
         [
             v

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -47,7 +48,7 @@ from common import RESULTS, commit, cpu_name, write_results
 from steelflow.config import load
 from steelflow.dataset import at_scale
 from steelflow.images import read_gray
-from steelflow.predict import Predictor, upsample
+from steelflow.predict import CORES, Predictor, upsample
 from steelflow.tune import Evidence, area_bounds, gather, out_of_fold, plot_search, search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,17 +151,22 @@ class Cache:
 
 class Replay:
     """A predictor whose networks answer at once with the pool's outputs; reading an
-    image decodes the JPEG and resizes it for both networks, as ``Predictor.read``."""
+    image decodes the JPEG and resizes it for both networks, an image per core, as
+    ``Predictor.reader`` on the CPU."""
 
     batches = Predictor.batches
 
     def __init__(self, probs: np.ndarray, class_prob: np.ndarray, image: Path, scales):
         self.probs, self.image, self.scales = probs, image, scales
         self.probs_of_classes = class_prob
+        self.pool = ThreadPoolExecutor(CORES)
 
-    def read(self, path: Path):
-        gray = read_gray(self.image)
-        return pool_index(Path(path).name), {scale: at_scale(gray, scale) for scale in self.scales}
+    def reader(self, folder: Path):
+        def read(name: str):
+            gray = read_gray(self.image)
+            return pool_index(name), {scale: at_scale(gray, scale) for scale in self.scales}
+
+        return lambda names: list(self.pool.map(read, names))
 
     def class_prob(self, views) -> np.ndarray:
         return self.probs_of_classes[[v[0] for v in views]]

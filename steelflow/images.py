@@ -65,10 +65,14 @@ def decode_gray(data: np.ndarray, name: str | Path) -> np.ndarray:
     return image
 
 
-def read_gray(path: Path) -> np.ndarray:
-    """Read an image file as uint8 gray, at its own size."""
+def read_bytes(path: Path) -> np.ndarray:
+    """An image file's bytes, as uint8."""
     try:
-        data = np.fromfile(path, np.uint8)
+        return np.fromfile(path, np.uint8)
     except OSError as e:
         raise SteelflowError(f"{path}: cannot be read ({e.strerror})") from None
-    return decode_gray(data, path)
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """Read an image file as uint8 gray, at its own size."""
+    return decode_gray(read_bytes(path), path)

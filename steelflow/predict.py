@@ -13,12 +13,14 @@ the classifier calls clean.
 ``predict_images`` is the one prediction loop of ``submit``, ``predict``, the
 Kaggle script and the benchmarks, and ``Predictor.batches`` its reader, shared
 with tune's inference pass. Three stages overlap: the next batch is decoded
-while the networks and the thresholds run on the device (only uint8 masks leave
-it), while the CPU drops small components and RLE-encodes the batch before.
-Decoding and that last stage spread each batch's images over a thread per core
-(libjpeg, OpenCV and the numba RLE kernels release the GIL): on a GPU one thread
-of each would set the pace. At most a few batches are in memory, however many
-images there are.
+while the networks and the thresholds run on the device, while the CPU drops
+small components and RLE-encodes the batch before. Decoding and that last stage
+spread each batch's images over a thread per core (libjpeg, OpenCV and the numba
+RLE kernels release the GIL). On a GPU (``Predictor.on_device``) the device also
+decodes the JPEGs, downscales them and RLE-encodes the masks of classes without a
+component minimum (``on_device``): only the file bytes cross to it, and only runs
+and the masks left for the component search come back. At most a few batches are
+in memory, however many images there are.
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from steelflow import checkpoint, rle
+from steelflow import checkpoint, on_device, rle
 from steelflow.dataset import at_scale, normalise
 from steelflow.device import autocast, memory_format, pick_device, pick_precision, usable_cores
 from steelflow.errors import SteelflowError
-from steelflow.images import read_gray
+from steelflow.images import read_bytes, read_gray
 from steelflow.io import CLASSES
 from steelflow.models import build_classifier, build_unet, image_logits
 from steelflow.thresholds import Thresholds
@@ -113,18 +115,18 @@ def threshold(prob: torch.Tensor, th: Thresholds, gated: np.ndarray) -> np.ndarr
     has the class's minimum area (``threshold_pairs`` does it)."""
     masks = np.zeros((len(prob), C, H, W), np.uint8)
     image, cls, found = threshold_pairs(prob, th, gated)
-    masks[image, cls] = found
+    masks[image, cls] = found.cpu().numpy()
     return masks
 
 
 def threshold_pairs(
     prob: torch.Tensor, th: Thresholds, gated: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """``threshold``'s masks that can be non-empty, as (image, class) indices and their
-    (M, H, W) uint8 masks: only the gated classes whose peak probability reaches their
-    threshold are upsampled and thresholded; the others are empty whatever upsampling
-    does (with the non-overlap rule, every class of an image with such a class is
-    upsampled)."""
+    (M, H, W) uint8 masks, on the device: only the gated classes whose peak probability
+    reaches their threshold are upsampled and thresholded; the others are empty whatever
+    upsampling does (with the non-overlap rule, every class of an image with such a
+    class is upsampled)."""
     device = prob.device
     pixel = torch.tensor(th.pixel, dtype=prob.dtype, device=device)
     peak = prob.amax(dim=(-2, -1))
@@ -143,18 +145,24 @@ def threshold_pairs(
     has_components = torch.tensor([m > 0 for m in th.min_component], device=device)[k]
     keep = has_components | (area >= torch.tensor(th.min_area, device=device)[k])
     image, cls = pairs.cpu().numpy().T
-    return image, cls, (above & keep.view(-1, 1, 1)).view(torch.uint8).cpu().numpy()
+    return image, cls, (above & keep.view(-1, 1, 1)).view(torch.uint8)
+
+
+def components_kept(mask: np.ndarray, k: int, th: Thresholds) -> np.ndarray:
+    """A (H, W) mask of class ``k`` past its threshold, with the class's component
+    minimum applied: small components dropped, then the mask emptied unless what is
+    left has the class's minimum area."""
+    kept = drop_small_components(mask, th.min_component[k])
+    return kept if np.count_nonzero(kept) >= th.min_area[k] else np.zeros_like(kept)
 
 
 def drop_components(masks: np.ndarray, th: Thresholds, gated: np.ndarray) -> np.ndarray:
-    """The CPU's part of ``postprocess``, in place on ``threshold``'s masks: for classes
-    with a component minimum, the small components dropped, then the mask emptied
-    unless what is left has the class's minimum area."""
+    """The CPU's part of ``postprocess``, in place on ``threshold``'s masks:
+    ``components_kept`` for the gated classes with a component minimum."""
     for k, minimum in enumerate(th.min_component):
         if minimum:
             for i in np.flatnonzero(gated[:, k]):
-                kept = drop_small_components(masks[i, k], minimum)
-                masks[i, k] = kept if np.count_nonzero(kept) >= th.min_area[k] else 0
+                masks[i, k] = components_kept(masks[i, k], k, th)
     return masks
 
 
@@ -189,7 +197,13 @@ def in_background(fn: Callable[[T], R], items: Iterable[T], ahead: int = 1) -> I
             yield pending.popleft().result()
 
 
-Views = dict[float, np.ndarray]  # an image at each scale the networks take
+Views = dict[float, np.ndarray | torch.Tensor]  # an image at each scale the networks take
+ReadBatch = Callable[[list[str]], list[Views]]  # the views of a batch of image names
+# A batch past the thresholds: the RLE of each image's classes, and (image, class,
+# (H, W) uint8 mask) for each mask the CPU has yet to finish (``components_kept``,
+# then RLE encoding): the masks that can be non-empty, or on the device those alone
+# whose class has a component minimum.
+Thresholded = tuple[list[list[str]], list[tuple[int, int, np.ndarray]]]
 
 FLIPS = {  # the image dimensions each test-time view flips
     "none": [()],
@@ -214,12 +228,21 @@ def load_ensemble(paths: list[Path], task: str, device: torch.device):
 class Predictor:
     """The classifiers and U-Nets of the trained folds on a device, in the precision of
     the training config; their probabilities are averaged over the models and the
-    ``tta`` flips (``FLIPS``). ``past_gate`` counts the images the U-Nets have run on."""
+    ``tta`` flips (``FLIPS``). ``past_gate`` counts the images the U-Nets have run on.
+    With ``on_device`` (the default on a GPU), JPEG decoding, downscaling and RLE
+    encoding run on the device too (module ``on_device``), giving the CPU path's output."""
 
     def __init__(
-        self, classifiers: list[Path], unets: list[Path], train_cfg: dict, tta: str = "none"
+        self,
+        classifiers: list[Path],
+        unets: list[Path],
+        train_cfg: dict,
+        tta: str = "none",
+        on_device: bool | None = None,
     ):
         self.device = pick_device(train_cfg["device"])
+        self.on_device = self.device.type == "cuda" if on_device is None else on_device
+        self.pool = ThreadPoolExecutor(CORES)  # reads files and decodes on the CPU
         self.dtype = pick_precision(train_cfg["precision"], self.device)
         self.memory = memory_format(train_cfg["channels_last"])
         self.classifiers, self.classifier_cfg = load_ensemble(
@@ -243,22 +266,42 @@ class Predictor:
         """An image already decoded (any size) at each network's scale (``at_scale``)."""
         return {scale: at_scale(gray, scale) for scale in self.scales}
 
-    def prepare(self, grays: list[np.ndarray]) -> torch.Tensor:
+    def reader(self, folder: Path) -> ReadBatch:
+        """The views of a batch of images of ``folder``, by name: decoded on the CPU, an
+        image per core (``read``), or, ``on_device``, the files read an image per core
+        and decoded and downscaled on the device, as a batch."""
+        if not self.on_device:
+            return self.each(lambda name: self.read(folder / name))
+
+        def read(names: list[str]) -> list[Views]:
+            paths = [folder / name for name in names]
+            grays = on_device.decode_gray(
+                list(self.pool.map(read_bytes, paths)), paths, self.device
+            )
+            return [{s: on_device.at_scale(g, s) for s in self.scales} for g in grays]
+
+        return read
+
+    def each(self, read: Callable[[str], Views]) -> ReadBatch:
+        """A batch reader calling ``read`` on each name, an image per core."""
+        return lambda names: list(self.pool.map(read, names))
+
+    def prepare(self, grays: list[np.ndarray | torch.Tensor]) -> torch.Tensor:
         """A normalised (N, 1, h, w) batch on the device: uint8 is what crosses to it."""
-        x = torch.from_numpy(np.stack(grays))
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
+        if isinstance(grays[0], torch.Tensor):  # decoded on the device
+            x = torch.stack(grays).to(self.device)
+        else:
+            x = torch.from_numpy(np.stack(grays))
+            if self.device.type == "cuda":
+                x = x.pin_memory().to(self.device, non_blocking=True)
         return normalise(x.to(self.device))[:, None].contiguous(memory_format=self.memory)
 
     def batches(
-        self, names: Iterable[str], read: Callable[[str], Views], batch_size: int
+        self, names: Iterable[str], read: ReadBatch, batch_size: int
     ) -> Iterator[tuple[list[str], list[Views]]]:
-        """(names, views) of ``names`` in batches, each read by ``read`` on every core
-        while the caller runs the networks on the batch before."""
-        with ThreadPoolExecutor(CORES) as pool:
-            yield from in_background(
-                lambda group: (group, list(pool.map(read, group))), batched(names, batch_size)
-            )
+        """(names, views) of ``names`` in batches, each read by ``read`` while the caller
+        runs the networks on the batch before."""
+        yield from in_background(lambda group: (group, read(group)), batched(names, batch_size))
 
     def average(self, models: list, x: torch.Tensor, dense: bool) -> torch.Tensor:
         """Mean sigmoid of ``models`` over the flipped views of ``x``, in fp32; a ``dense``
@@ -293,58 +336,64 @@ class Predictor:
         prob = self.average(self.unets, x, dense=True)
         return upsample(prob) if full_size else prob
 
-    def thresholded(self, views: list[Views], th: Thresholds) -> tuple[np.ndarray, np.ndarray]:
-        """``threshold``'s (N, C, H, W) uint8 masks and the (N, C) gated classes; the
-        U-Net runs only on images with a class that is on and past its gate."""
+    def thresholded(self, views: list[Views], th: Thresholds) -> Thresholded:
+        """The batch's masks past ``threshold``, as ``Thresholded``; the U-Net runs only
+        on images with a class that is on and past its gate. ``on_device``, the masks
+        of classes without a component minimum are RLE-encoded there."""
         gated = th.gated(self.class_prob(views))
         passed = np.flatnonzero(gated.any(axis=1))
-        masks = np.zeros((len(views), C, H, W), np.uint8)
+        texts = [[""] * C for _ in views]
         self.past_gate += len(passed)
-        if len(passed):
-            prob = self.mask_prob([views[i] for i in passed], full_size=False)
-            image, cls, found = threshold_pairs(prob, th, gated[passed])
-            masks[passed[image], cls] = found
-        return masks, gated
+        if not len(passed):
+            return texts, []
+        prob = self.mask_prob([views[i] for i in passed], full_size=False)
+        image, cls, found = threshold_pairs(prob, th, gated[passed])
+        image = passed[image]
+        if self.on_device:  # the CPU searches components; the device encodes the rest
+            search = np.array([th.min_component[k] > 0 for k in cls], bool)
+            encode = torch.from_numpy(~search).to(self.device)
+            encoded = on_device.rle_encode(found[encode])
+            for i, k, text in zip(image[~search], cls[~search], encoded, strict=True):
+                texts[i][k] = text
+            image, cls, found = image[search], cls[search], found[~encode]
+        return texts, list(zip(image, cls, found.cpu().numpy(), strict=True))
 
 
-Prediction = tuple[str, np.ndarray, list[str]]  # name, (C, H, W) masks, RLE of each class
+Prediction = tuple[str, list[str]]  # name, RLE of each class
 
 
 def _finish(
-    batch: tuple[list[str], np.ndarray, np.ndarray], th: Thresholds, pool: ThreadPoolExecutor
+    names: list[str], batch: Thresholded, th: Thresholds, pool: ThreadPoolExecutor
 ) -> list[Prediction]:
-    """The CPU's stage, an image per thread: components dropped, then every mask
-    RLE-encoded."""
-    names, masks, gated = batch
+    """The CPU's stage, a mask per thread: components dropped, then RLE-encoded."""
+    texts, masks = batch
 
-    def one(i: int) -> Prediction:
-        found = drop_components(masks[i : i + 1], th, gated[i : i + 1])[0]
-        return names[i], found, rle.encode_many(found)
+    def one(item: tuple[int, int, np.ndarray]) -> str:
+        _, k, mask = item
+        return rle.encode(components_kept(mask, k, th) if th.min_component[k] else mask)
 
-    return list(pool.map(one, range(len(names))))
+    for (i, k, _), text in zip(masks, pool.map(one, masks), strict=True):
+        texts[i][k] = text
+    return list(zip(names, texts, strict=True))
 
 
 def predict_images(
-    predictor: Predictor,
-    th: Thresholds,
-    names: list[str],
-    read: Callable[[str], Views],
-    batch_size: int,
+    predictor: Predictor, th: Thresholds, names: list[str], read: ReadBatch, batch_size: int
 ) -> Iterator[Prediction]:
-    """(name, (C, H, W) masks, RLE of each class) of each image of ``names`` (read by
-    ``read``), in order and with a progress bar: decoding, the networks, and the
-    components and RLE run as overlapping stages (see the module's docstring)."""
+    """(name, RLE of each class) of each image of ``names`` (read by ``read``), in order
+    and with a progress bar: decoding, the networks, and the components and RLE run as
+    overlapping stages (see the module's docstring)."""
 
     def networks(batches):
         for batch_names, views in batches:
-            yield batch_names, *predictor.thresholded(views, th)
+            yield batch_names, predictor.thresholded(views, th)
 
     batches = predictor.batches(names, read, batch_size)
     with (
         ThreadPoolExecutor(CORES) as pool,
         tqdm(total=len(names), desc="prediction", unit="img", mininterval=1) as bar,
     ):
-        for found in in_background(lambda batch: _finish(batch, th, pool), networks(batches)):
+        for found in in_background(lambda batch: _finish(*batch, th, pool), networks(batches)):
             yield from found
             bar.update(len(found))
 
@@ -366,13 +415,9 @@ def submission_rows(
     predictor: Predictor, th: Thresholds, folder: Path, image_ids: list[str], batch_size: int
 ) -> list[tuple[str, int, str]]:
     """(ImageId, ClassId, EncodedPixels) of every image of ``folder`` named in ``image_ids``."""
-    found = predict_images(
-        predictor, th, image_ids, lambda i: predictor.read(folder / i), batch_size
-    )
+    found = predict_images(predictor, th, image_ids, predictor.reader(folder), batch_size)
     return [
-        (name, cls, text)
-        for name, _, texts in found
-        for cls, text in zip(CLASSES, texts, strict=True)
+        (name, cls, text) for name, texts in found for cls, text in zip(CLASSES, texts, strict=True)
     ]
 
 
@@ -414,8 +459,9 @@ def predict_folder(
 
     rows = []
     with atomic_dir(out, "predict") as tmp:
-        for name, mask, texts in predict_images(predictor, th, names, read, batch_size):
+        for name, texts in predict_images(predictor, th, names, predictor.each(read), batch_size):
             gray = kept.pop(name, None)
+            mask = rle.decode_many(texts) if gray is not None else None
             if gray is not None and gray.shape != (H, W):
                 size = (gray.shape[1], gray.shape[0])
                 mask = np.stack(

@@ -293,7 +293,13 @@ def encode(mask: np.ndarray) -> str:
     """Encode a 2-D mask (nonzero = set) as canonical RLE; an empty mask gives ""."""
     mask = _as_uint8(mask)
     flat = cv2.transpose(np.ascontiguousarray(mask)).reshape(-1)
-    return _format_runs(_find_runs(flat)).tobytes().decode("ascii")
+    return runs_text(_find_runs(flat))
+
+
+def runs_text(bounds: np.ndarray) -> str:
+    """The RLE text of runs given as their column-major pixel bounds, 0-indexed and
+    ends exclusive: [start0, end0, start1, end1, ...]."""
+    return _format_runs(bounds.astype(np.int64, copy=False)).tobytes().decode("ascii")
 
 
 def encode_many(masks: Iterable[np.ndarray]) -> list[str]:

@@ -184,9 +184,7 @@ def gather(
     search (``cfg``, the tune section) needs of them."""
     grid = torch.tensor(cfg["pixel_thresholds"], dtype=torch.float32)
     minimums = np.asarray(cfg["min_component_areas"])
-    batches = predictor.batches(
-        image_ids, lambda i: predictor.read(images_dir / i), cfg["batch_size"]
-    )
+    batches = predictor.batches(image_ids, predictor.reader(images_dir), cfg["batch_size"])
     total = -(-len(image_ids) // cfg["batch_size"])
     with ThreadPoolExecutor(CORES) as pool:
         for ids, views in tqdm(batches, total=total, desc="validation pass", unit="batch"):

@@ -45,9 +45,7 @@ def old_gather(predictor, images_dir, cache, image_ids, cfg) -> Evidence:
     grid = torch.tensor(cfg["pixel_thresholds"], dtype=torch.float32)
     minimums = np.asarray(cfg["min_component_areas"])
     probs, areas, overlaps, truths = [], [], [], []
-    batches = predictor.batches(
-        image_ids, lambda i: predictor.read(images_dir / i), cfg["batch_size"]
-    )
+    batches = predictor.batches(image_ids, predictor.reader(images_dir), cfg["batch_size"])
     for ids, views in batches:
         probs.append(predictor.class_prob(views))
         truth = torch.from_numpy(np.stack([cache[i] for i in ids])).bool()
@@ -192,8 +190,8 @@ class Maps:
     def __init__(self, low: np.ndarray, class_prob: np.ndarray):
         self.low, self.probs = low, class_prob
 
-    def read(self, path: Path) -> int:
-        return int(Path(path).stem)
+    def reader(self, folder: Path):
+        return lambda names: [int(Path(name).stem) for name in names]
 
     def class_prob(self, views: list[int]) -> np.ndarray:
         return self.probs[views]

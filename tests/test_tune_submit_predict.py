@@ -511,18 +511,17 @@ def test_prediction_streams_and_matches_postprocessing_each_batch(project):
     prob = predictor.mask_prob(views)
     pixel = [float(np.percentile(prob[:, k].numpy(), 95)) for k in range(4)]  # some found
     th = Thresholds(True, [True] * 4, [0.0] * 4, pixel, [50] * 4, [0, 20, 0, 20])
-    found = predict_images(predictor, th, names, read, batch_size=2)
+    found = predict_images(predictor, th, names, predictor.each(read), batch_size=2)
     first = next(found)
     assert (
         len(read_calls) <= 3 * 2 < len(names)
     )  # the batch yielded, one in the networks, one decoding
     results = [first, *found]
-    assert [name for name, _, _ in results] == names
+    assert [name for name, _ in results] == names
     expected = postprocess(prob, th, th.gated(predictor.class_prob(views)))
-    for (name, masks, texts), want in zip(results, expected, strict=True):
-        assert np.array_equal(masks, want), name
-        assert texts == rle.encode_many(want)
-    assert any(m.any() for _, m, _ in results)  # something was found: the test can fail
+    for (name, texts), want in zip(results, expected, strict=True):
+        assert texts == rle.encode_many(want), name
+    assert any(any(texts) for _, texts in results)  # something was found: the test can fail
     assert predictor.past_gate == len(names)  # every gate open: the U-Net saw every image
 
 
@@ -538,15 +537,40 @@ def test_the_unet_runs_on_the_images_past_the_gate_and_says_how_many(project):
     th = Thresholds(True, [True, False, False, False], [gate] * 4, [0.5] * 4, [0] * 4, [0] * 4)
     past = int((probs[:, 0] >= gate).sum())
     assert 0 < past < len(names)
-    list(predict_images(predictor, th, names, lambda n: predictor.read(files[0].parent / n), 2))
+    list(predict_images(predictor, th, names, predictor.reader(files[0].parent), 2))
     assert predictor.past_gate == past
+
+
+def test_the_device_path_gives_the_cpu_path_s_submission(project):
+    """Decoding, downscaling and RLE encoding as a GPU does them (``on_device``), run on
+    the CPU: the same rows as the CPU path, for classes with and without a component
+    minimum, and the same inputs for tune's pass."""
+    from steelflow.predict import Predictor, submission_rows
+
+    train = load(TEST_CONFIG)["train"]
+    images = project / "raw/test_images"
+    names = sorted(p.name for p in images.glob("*.jpg"))
+    predictors = {
+        path: Predictor(*trained_pair(project, 0), train, on_device=path) for path in (False, True)
+    }
+    views = {path: p.reader(images)(names) for path, p in predictors.items()}
+    for scale in predictors[True].scales:
+        for cpu, device in zip(views[False], views[True], strict=True):
+            assert np.array_equal(cpu[scale], device[scale].numpy())
+    prob = predictors[False].mask_prob(views[False])
+    pixel = [float(np.percentile(prob[:, k].numpy(), 95)) for k in range(4)]  # some found
+    th = Thresholds(False, [True] * 4, [0.0] * 4, pixel, [50] * 4, [0, 20, 0, 20])
+    rows = {path: submission_rows(p, th, images, names, 2) for path, p in predictors.items()}
+    assert rows[False] == rows[True]
+    found = {cls for _, cls, text in rows[True] if text}
+    assert {1, 3} & found and {2, 4} & found  # without and with a component minimum
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
 def test_prediction_on_a_gpu_finds_what_the_cpu_finds(project):
-    """Thresholds on the device, uint8 masks back: the same masks as on the CPU (fp32),
-    but for pixels within float rounding of a threshold."""
+    """Decoding, thresholds and RLE on the device: the same masks as on the CPU (fp32),
+    but for pixels within rounding of a threshold (nvJPEG's inverse DCT, float sums)."""
     from steelflow.predict import Predictor, predict_images
 
     train = {**load(TEST_CONFIG)["train"], "precision": "fp32"}
@@ -561,8 +585,8 @@ def test_prediction_on_a_gpu_finds_what_the_cpu_finds(project):
     th = Thresholds(False, [True] * 4, [0.0] * 4, pixel, [0] * 4, [0, 5, 0, 0])
     found = {}
     for device, predictor in predictors.items():
-        read = lambda n, p=predictor: p.read(images / n)  # noqa: E731
-        found[device] = np.stack([m for _, m, _ in predict_images(predictor, th, names, read, 2)])
+        rows = predict_images(predictor, th, names, predictor.reader(images), 2)
+        found[device] = np.stack([rle.decode_many(texts) for _, texts in rows])
     assert found["cpu"].any()
     assert (found["cpu"] != found["cuda"]).mean() < 1e-3
 

@@ -16,9 +16,10 @@ venv: $(STAMP)
 run: $(STAMP)
 	snakemake --cores all
 
+# pytest-xdist: a worker per core, at most 4 (each may train and run Snakemake with 2 cores)
 test: $(STAMP)
 	ruff check .
-	pytest
+	pytest -n auto --maxprocesses 4
 
 # docs/benchmarks.md (from benchmarks/results/*.json) and docs/settings.md (from the
 # config schema), rebuilt byte for byte; `python benchmarks/report.py --check` only compares.

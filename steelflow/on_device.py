@@ -4,22 +4,28 @@ decoding (nvJPEG on a GPU), area downscaling by whole factors, and run-length en
 From the same bytes or masks each gives exactly what the CPU path gives
 (``images.decode_gray``, ``dataset.at_scale``, ``rle.encode``): the tests run both on
 the CPU. On a GPU only the decoder differs, nvJPEG's inverse DCT from libjpeg's, by
-rounding. What has no exact device form stays on the CPU: PNG files, and downscaling
-by a factor that is not whole (which ``configs/kaggle.yaml`` does not use).
+rounding. What has no exact device form stays on the CPU: PNG files, downscaling by a
+factor that is not whole (which ``configs/kaggle.yaml`` does not use), and every JPEG
+where torchvision has no ``decode_jpeg`` (deprecated in 0.29).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_jpeg  # deprecated for TorchCodec's in 0.29
 
 from steelflow import dataset, images, rle
 from steelflow.dataset import shape_at
+
+try:  # deprecated in torchvision 0.29 for TorchCodec's decoders, to be removed later
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # a torchvision without them: JPEGs are decoded by OpenCV
+    decode_jpeg = None
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +43,35 @@ def decode_gray(files: list[np.ndarray], names: list[str | Path], device) -> lis
         else:
             gray[i] = torch.from_numpy(images.decode_gray(data, name)).to(device)
     if jpegs:
-        if torch.device(device).type == "cuda":
-            # nvJPEG may write its output before the caller's stream is done with that
-            # memory (pytorch/vision#9606): let that stream finish first
-            torch.cuda.current_stream(device).synchronize()
-        try:
-            decoded = decode_jpeg(
-                [torch.from_numpy(files[i]) for i in jpegs], mode=ImageReadMode.GRAY, device=device
-            )
-        except RuntimeError as e:
-            # OpenCV names the corrupt file; a JPEG it reads but the device cannot
-            # (nvJPEG lacks some encodings) is decoded on the CPU instead
-            log.warning("decoding on %s failed (%s): decoding on the CPU", device, e)
+        decoded = _decode_jpegs([files[i] for i in jpegs], device)
+        if decoded is None:  # OpenCV names a corrupt file
             decoded = [torch.from_numpy(images.decode_gray(files[i], names[i])) for i in jpegs]
             decoded = [g[None].to(device) for g in decoded]
         for i, image in zip(jpegs, decoded, strict=True):
             gray[i] = image[0]
     return gray
+
+
+def _decode_jpegs(files: list[np.ndarray], device) -> list[torch.Tensor] | None:
+    """torchvision's decoding of JPEG bytes on ``device`` as (1, H, W) tensors; None,
+    for OpenCV to decode them on the CPU, where this torchvision has no JPEG decoder or
+    the device cannot decode one of them (a corrupt file; nvJPEG lacks some encodings)."""
+    if decode_jpeg is None:
+        warnings.warn(
+            "this torchvision has no decode_jpeg: JPEGs are decoded on the CPU", stacklevel=3
+        )
+        return None
+    if torch.device(device).type == "cuda":
+        # nvJPEG may write its output before the caller's stream is done with that
+        # memory (pytorch/vision#9606): let that stream finish first
+        torch.cuda.current_stream(device).synchronize()
+    try:
+        return decode_jpeg(
+            [torch.from_numpy(data) for data in files], mode=ImageReadMode.GRAY, device=device
+        )
+    except RuntimeError as e:
+        log.warning("decoding on %s failed (%s): decoding on the CPU", device, e)
+        return None
 
 
 def at_scale(gray: torch.Tensor, scale: float) -> torch.Tensor:

@@ -3,6 +3,9 @@ the CPU: exactly the CPU path's output from the same bytes and masks."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -76,6 +79,33 @@ def test_decoding_gives_opencv_s_pixels_for_real_competition_jpegs(real_data):
     decoded = on_device.decode_gray(files, paths, "cpu")
     for path, data, got in zip(paths, files, decoded, strict=True):
         assert np.array_equal(got.numpy(), images.decode_gray(data, path)), path.name
+
+
+WITHOUT_DECODER = """
+import sys, warnings
+import cv2, numpy as np, torchvision.io
+del torchvision.io.decode_jpeg  # as in a torchvision whose image decoders are gone
+from steelflow import images, on_device
+gray = np.random.default_rng(4).integers(0, 256, (256, 1600), dtype=np.uint8)
+data = cv2.imencode(".jpg", gray)[1].reshape(-1)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    got = on_device.decode_gray([data], ["a.jpg"], "cpu")[0].numpy()
+assert np.array_equal(got, images.decode_gray(data, "a.jpg"))
+print(on_device.decode_jpeg, *[w.message for w in caught], sep="\\n")
+"""
+
+
+def test_a_torchvision_without_its_jpeg_decoder_decodes_on_the_cpu_and_says_so():
+    """torchvision 0.29 deprecates its image decoders: where they are gone, prediction
+    still imports and gives OpenCV's pixels, with a warning."""
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_DECODER], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.splitlines() == [
+        "None",
+        "this torchvision has no decode_jpeg: JPEGs are decoded on the CPU",
+    ]
 
 
 def test_a_file_that_is_not_a_whole_image_is_refused_by_name():

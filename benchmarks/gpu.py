@@ -141,7 +141,8 @@ def tuned(config: dict, models: dict[str, Path], data: Path, out: Path) -> Thres
 
 def decoding(paths: list[Path], device: torch.device) -> dict:
     """Images/s of JPEG decoding: libjpeg at the U-Net's full scale, one thread and one
-    per core, and (on a GPU) nvJPEG in batches of 64."""
+    per core, and (on a GPU) nvJPEG in batches of 64, with how far its pixels are from
+    libjpeg's."""
     files = [np.fromfile(p, np.uint8) for p in paths]
 
     def libjpeg(data):
@@ -166,6 +167,13 @@ def decoding(paths: list[Path], device: torch.device) -> dict:
             decode_jpeg(tensors[i : i + 64], mode=ImageReadMode.GRAY, device=device)
         torch.cuda.synchronize()
         row["nvjpeg"] = len(files) / (time.perf_counter() - start)
+        first = decode_jpeg(tensors[:256], mode=ImageReadMode.GRAY, device=device)
+        diffs = [  # nvJPEG's pixels against libjpeg's
+            np.abs(got[0].cpu().numpy().astype(np.int16) - libjpeg(data))
+            for data, got in zip(files[:256], first, strict=True)
+        ]
+        row["nvjpeg_difference_mean"] = float(np.mean([d.mean() for d in diffs]))
+        row["nvjpeg_difference_max"] = int(max(d.max() for d in diffs))
     return row
 
 
@@ -280,6 +288,12 @@ def markdown(r: dict) -> str:
         f"{d['libjpeg_1_thread']:.0f} (one thread), {d['libjpeg_all_cores']:.0f} (every core)"
         + (f"; nvJPEG {d['nvjpeg']:.0f}" if "nvjpeg" in d else ""),
     ]
+    if "nvjpeg_difference_mean" in d:
+        lines.append(
+            f"\nnvJPEG's pixels against libjpeg's (the first 256 test images): mean absolute "
+            f"difference {d['nvjpeg_difference_mean']:.3f}, at most {d['nvjpeg_difference_max']} "
+            "gray levels"
+        )
     return "\n".join(lines) + "\n"
 
 

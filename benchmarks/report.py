@@ -449,6 +449,12 @@ def gpu(name: str, data: dict) -> list[str]:
             f"{decoding['libjpeg_all_cores']:.0f} (every core); "
             f"nvJPEG {decoding['nvjpeg']:.0f}.",
         ]
+    if "nvjpeg_difference_mean" in decoding:
+        out[-1] += (
+            f" nvJPEG's pixels against libjpeg's: mean absolute difference "
+            f"{decoding['nvjpeg_difference_mean']:.3f}, at most "
+            f"{decoding['nvjpeg_difference_max']} gray levels."
+        )
     return [*out, "", stamp(name, data, host, gpu=data.get("device") or NOT_RECORDED)]
 
 

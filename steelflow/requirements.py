@@ -49,11 +49,11 @@ NEEDS = (
     Need("torch", "2.4", ("torch",), "PyTorch"),
     Need("torchvision", "0.19", ("torchvision",)),
     Need("numpy", "2.0", ("numpy",)),  # np.bitwise_count
-    Need("pandas", "2.1", ("pandas",)),
-    Need("numba", "0.59", ("numba",)),
-    Need("cv2", "4.8", ("opencv-python-headless", "opencv-python"), "OpenCV"),
+    Need("pandas", "2.2.2", ("pandas",)),
+    Need("numba", "0.60", ("numba",)),
+    Need("cv2", "4.10", ("opencv-python-headless", "opencv-python"), "OpenCV"),
     Need("tqdm", "4.66", ("tqdm",)),
-    Need("matplotlib", "3.8", ("matplotlib",)),
+    Need("matplotlib", "3.8.4", ("matplotlib",)),
     Need("yaml", "6", ("pyyaml",), "PyYAML"),
     Need("jsonschema", "4.20", ("jsonschema",)),
 )

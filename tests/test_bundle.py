@@ -175,12 +175,12 @@ def test_a_module_the_image_lacks_is_one_line_naming_it(
     line = one_error_line(done)
     if missing == "cv2":
         assert line == (
-            "submit.py: error: module cv2 (OpenCV) is missing; steelflow needs cv2>=4.8 "
+            "submit.py: error: module cv2 (OpenCV) is missing; steelflow needs cv2>=4.10 "
             "(pip install opencv-python-headless, or opencv-python)"
         )
     else:
         assert line == (
-            "submit.py: error: module numba is missing; steelflow needs numba>=0.59 "
+            "submit.py: error: module numba is missing; steelflow needs numba>=0.60 "
             "(pip install numba)"
         )
     assert not (tmp_path / "submission.csv").exists()

@@ -36,7 +36,9 @@ def test_a_module_steelflow_needs_missing_is_one_line_naming_it(monkeypatch, cap
     assert cli.main(["masks"]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("steelflow masks: error: module cv2 (OpenCV) is missing; ")
-    assert "steelflow needs cv2>=4.8 (pip install opencv-python-headless, or opencv-python)" in line
+    assert (
+        "steelflow needs cv2>=4.10 (pip install opencv-python-headless, or opencv-python)" in line
+    )
     other = ModuleNotFoundError("No module named 'nope'", name="nope")
     monkeypatch.setattr(cli, "_masks", failing_stage(other))
     with pytest.raises(ModuleNotFoundError):  # not one of steelflow's: a bug, with traceback

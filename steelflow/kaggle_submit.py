@@ -9,8 +9,9 @@ versions. Then `python -m steelflow.requirements` checks that each module
 steelflow imports is there and new enough (one line naming the module and
 the version needed if not, exit 1), and `steelflow submit` runs with the
 bundled models of every fold, thresholds and config. The defaults are a
-Kaggle notebook's paths: the competition data under /kaggle/input, the
-submission in the working directory (/kaggle/working). This file is copied
+Kaggle notebook's paths: the competition data under /kaggle/input (where
+today's notebooks mount it, or where those of 2019 did), the submission in
+the working directory (/kaggle/working). This file is copied
 into every bundle as submit.py; it imports nothing of steelflow, and runs
 steelflow with `python -P` (never a steelflow folder in the working directory).
 """
@@ -24,7 +25,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-KAGGLE_DATA = Path("/kaggle/input/severstal-steel-defect-detection")
+COMPETITION = "severstal-steel-defect-detection"
+# where a notebook mounts the competition's data: today's, then the 2019 notebooks' folder
+KAGGLE_DATA = (Path("/kaggle/input/competitions", COMPETITION), Path("/kaggle/input", COMPETITION))
 
 
 def fail(message: str) -> int:
@@ -33,12 +36,24 @@ def fail(message: str) -> int:
     return 1
 
 
+def mounted(folders: tuple[Path, ...]) -> Path | None:
+    """The first of ``folders`` that is there, or None."""
+    return next((folder for folder in folders if folder.is_dir()), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=KAGGLE_DATA, help=f"({KAGGLE_DATA})")
+    where = " or ".join(map(str, KAGGLE_DATA))
+    parser.add_argument("--data", type=Path, help=f"the competition's folder ({where})")
     parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="(submission.csv)")
     parser.add_argument("--device", default="auto", help="auto: CUDA when there is a GPU (auto)")
     args = parser.parse_args(argv)
+    args.data = args.data or mounted(KAGGLE_DATA)
+    if args.data is None:
+        return fail(
+            f"the competition's data is in neither {' nor '.join(map(str, KAGGLE_DATA))}: "
+            "add it to the notebook (Add data), or pass --data with its folder"
+        )
     for needed in (args.data / "test_images", args.data / "sample_submission.csv"):
         if not needed.exists():
             return fail(

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from steelflow import kaggle_submit
 from steelflow.atomic import MARKER
 from steelflow.bundle import build_wheel
 from steelflow.cli import main
@@ -153,6 +154,30 @@ def test_a_missing_input_folder_is_one_line_naming_it(
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1
     assert lines[0].startswith("submit.py: error: ") and str(data) in lines[0]
+    assert not (tmp_path / "submission.csv").exists()
+
+
+def test_submit_py_finds_the_competition_where_todays_notebooks_or_2019s_mount_it(tmp_path):
+    today, then = tmp_path / "competitions/severstal", tmp_path / "severstal"
+    assert kaggle_submit.mounted((today, then)) is None
+    then.mkdir()
+    assert kaggle_submit.mounted((today, then)) == then
+    today.mkdir(parents=True)
+    assert kaggle_submit.mounted((today, then)) == today
+
+
+def test_submit_py_without_data_reads_the_mounted_folder_or_names_both_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    today, then = tmp_path / "competitions/severstal", tmp_path / "severstal"
+    monkeypatch.setattr(kaggle_submit, "KAGGLE_DATA", (today, then))
+    assert kaggle_submit.main(["--out", str(tmp_path / "submission.csv")]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("submit.py: error: ") and f"neither {today} nor {then}" in line
+    (then / "test_images").mkdir(parents=True)  # the 2019 folder, without its sample
+    assert kaggle_submit.main(["--out", str(tmp_path / "submission.csv")]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert f"{then / 'sample_submission.csv'} not found" in line
     assert not (tmp_path / "submission.csv").exists()
 
 

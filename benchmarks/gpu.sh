@@ -7,8 +7,10 @@
 # does not stop the measurement, and is the script's exit status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's steelflow, installed or not
+python=${PYTHON:-python3}
 tests=0
-python -m pytest -m gpu -q -p no:cacheprovider tests || tests=$?
+"$python" -m pytest -m gpu -q -p no:cacheprovider tests || tests=$?
 cd benchmarks
-python gpu.py --train 12568 --test 5506 "$@"
+"$python" gpu.py --train 12568 --test 5506 "$@"
 exit "$tests"

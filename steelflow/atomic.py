@@ -39,7 +39,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if os.path.lexists(tmp):  # unlink would fail on a read-only folder, even without tmp
+            tmp.unlink()
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -77,6 +78,7 @@ def check_output_dir(
     file, the working folder or a folder above it, nor one holding one of ``inputs``.
     """
     path = Path(path).expanduser().resolve()
+    check_writable(path, "--out")
     for item in (Path.cwd(), *inputs):
         if _inside(Path(item).expanduser().resolve(), path):
             what = "the working folder" if item == Path.cwd() else item
@@ -100,11 +102,26 @@ def check_output_dir(
     )
 
 
-def check_output_file(path: str | Path) -> None:
-    """Refuse, before any work, an output file ``path`` where a folder is."""
+def check_writable(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output ``path`` whose folder (or the nearest one above
+    it that exists, where it would be made) cannot be written, as on a read-only mount."""
+    folder = Path(path).expanduser().absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK):
+        raise SteelflowError(
+            f"{flag} {path}: cannot write in {folder} (read-only or not permitted); "
+            "choose a writable place for the output"
+        )
+
+
+def check_output_file(path: str | Path, flag: str) -> None:
+    """Refuse, before any work, an output file ``path`` where a folder is, or where it
+    cannot be written (``check_writable``)."""
     path = Path(path)
     if path.is_dir():
         raise SteelflowError(f"{path}: is a folder; expected the path of a file to write")
+    check_writable(path, flag)
 
 
 @contextmanager

@@ -72,11 +72,20 @@ def build(
 
     Each file is checked before anything is written: the thresholds as ``submit``
     reads them, each checkpoint as its network's (a U-Net given as the classifier is
-    refused); a bad one is SteelflowError naming it."""
+    refused), and the folds packed must be those the thresholds were tuned with (else
+    the settings are another run's); a bad one is SteelflowError naming it."""
     Thresholds.load(thresholds)
     for network, folds in models.items():
         for path in folds.values():
             checkpoint.load(path, task=network)
+    tuned = json.loads(thresholds.read_text()).get("folds")
+    packed = sorted({fold for folds in models.values() for fold in folds})
+    if isinstance(tuned, list) and sorted(tuned) != packed:
+        raise SteelflowError(
+            f"{thresholds}: tuned with the models of folds {tuned}, but the bundle packs folds "
+            f"{packed} (train.folds): bundle with the settings of the run that tuned them "
+            "(--config, --set)"
+        )
     with atomic_dir(out, "bundle") as tmp:
         build_wheel(tmp / "wheels")
         (tmp / "models").mkdir()

@@ -285,6 +285,7 @@ def _tune(args: argparse.Namespace) -> None:
 def _submit(args: argparse.Namespace) -> None:
     import pandas as pd
 
+    from steelflow.images import check_listed
     from steelflow.io import read_sample_ids, write_submission
     from steelflow.predict import check_submission, submission_rows
     from steelflow.thresholds import Thresholds
@@ -294,6 +295,7 @@ def _submit(args: argparse.Namespace) -> None:
     predictor = _ensemble(args, config)
     raw = Path(args.raw)
     image_ids = read_sample_ids(raw / "sample_submission.csv")
+    check_listed(raw / "test_images", image_ids, raw / "sample_submission.csv")
     rows = submission_rows(
         predictor, thresholds, raw / "test_images", image_ids, config["predict"]["batch_size"]
     )
@@ -531,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in getattr(args, "files", []):
             if getattr(args, name):
-                check_output_file(getattr(args, name))
+                check_output_file(getattr(args, name), "--" + name.replace("_", "-"))
         args.run(args)
     except SteelflowError as e:  # bad input, told in one line; anything else is a bug
         print(f"steelflow {args.stage}: error: {e}", file=sys.stderr)

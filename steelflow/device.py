@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import nullcontext
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -34,8 +35,30 @@ def pick_device(name: str) -> torch.device:
     elif name == "mps" and not torch.backends.mps.is_available():
         raise SteelflowError("train.device: mps, but there is no MPS device here; expected auto")
     if name == "cuda" and dist.is_initialized():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device(name)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    else:
+        device = torch.device(name)
+    if device.type == "cuda":
+        check_kernels(device)
+    return device
+
+
+@cache
+def check_kernels(device: torch.device) -> None:
+    """Refuse a GPU this torch has no kernels for, which it reports as available (a P100,
+    compute capability 6.0, under the cu128 torch of Kaggle's image): one line, not a
+    traceback at the first layer."""
+    try:
+        torch.ones(1, device=device).add_(1).item()
+    except RuntimeError as e:
+        major, minor = torch.cuda.get_device_capability(device)
+        raise SteelflowError(
+            f"train.device: {torch.cuda.get_device_name(device)} (compute capability "
+            f"{major}.{minor}) cannot run torch {torch.__version__}, built for "
+            f"{' '.join(torch.cuda.get_arch_list()) or 'no GPU'} ({str(e).splitlines()[0]}); "
+            "expected a GPU it supports (on Kaggle a T4 or L4, not the P100), or "
+            "train.device: cpu (submit.py --device cpu)"
+        ) from None
 
 
 def usable_cores() -> int:
@@ -59,7 +82,7 @@ def cpu_has_bf16() -> bool:
 def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for fp32. ``auto``: bf16 where native (a GPU of compute
     capability 8.0 or more, a CPU with AVX512-BF16 or AMX), fp16 on older GPUs (Kaggle's
-    T4 and P100, where bf16 is emulated and slow), else fp32."""
+    T4, where bf16 is emulated and slow), else fp32."""
     if name == "fp32":
         return None
     if name == "auto":

@@ -1,6 +1,7 @@
 """Image files, wherever steelflow reads them: one naming rule (``.jpg``, ``.jpeg`` or
 ``.png``, any case: ``list_images``) and whole files only (``check_image_bytes``),
-decoded gray at their own size (``read_gray``)."""
+decoded gray at their own size (``read_gray``); where a Severstal image is expected,
+its size (``check_size``) and, for a list of them, that each is there (``check_listed``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from steelflow import rle
 from steelflow.errors import SteelflowError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # in any case
@@ -30,6 +32,33 @@ def list_images(folder: str | Path) -> list[Path]:
                 f"{path}: not a JPEG or PNG image (expected .jpg, .jpeg or .png, any case)"
             )
     return files
+
+
+def check_listed(folder: Path, names: list[str], listed_in: Path) -> None:
+    """Refuse, before any work, a list of image names (from ``listed_in``) that names a
+    file ``folder`` does not have."""
+    try:
+        present = {p.name for p in folder.iterdir()}
+    except OSError as e:
+        raise SteelflowError(
+            f"{folder}: cannot be read ({e.strerror}); expected a folder"
+        ) from None
+    missing = [name for name in names if name not in present]
+    if missing:
+        raise SteelflowError(
+            f"{listed_in} lists {missing[0]}, which {folder} does not have "
+            f"({len(missing)} of its {len(names)} images missing); expected a file for each"
+        )
+
+
+def check_size(shape: tuple[int, ...], name: str | Path) -> None:
+    """Refuse an image whose ``shape`` (height, width, ...) is not a Severstal image's."""
+    height, width = shape[:2]
+    if (height, width) != rle.SHAPE:
+        raise SteelflowError(
+            f"{name}: image is {width}x{height}, expected {rle.SHAPE[1]}x{rle.SHAPE[0]} "
+            "(width x height)"
+        )
 
 
 def check_image_bytes(data: bytes | memoryview, name: str | Path) -> None:
@@ -59,7 +88,9 @@ def decode_gray(data: np.ndarray, name: str | Path) -> np.ndarray:
     """Decode an image file's bytes as uint8 gray, at its own size; a file that is not
     a whole JPEG or PNG (``check_image_bytes``) is refused, never decoded in part."""
     check_image_bytes(memoryview(data), name)
-    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+    # the pixels as stored, as torchvision's decoders and Kaggle's RLE take them: an EXIF
+    # orientation tag (a phone's photo) is not applied
+    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise SteelflowError(f"{name}: cannot be read as an image (corrupt JPEG or PNG data)")
     return image

@@ -26,6 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 COMPETITION = "severstal-steel-defect-detection"
+DEVICES = ("auto", "cpu", "cuda", "mps")  # train.device's, refused at once if mistyped
 # where a notebook mounts the competition's data: today's, then the 2019 notebooks' folder
 KAGGLE_DATA = (Path("/kaggle/input/competitions", COMPETITION), Path("/kaggle/input", COMPETITION))
 
@@ -46,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     where = " or ".join(map(str, KAGGLE_DATA))
     parser.add_argument("--data", type=Path, help=f"the competition's folder ({where})")
     parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="(submission.csv)")
-    parser.add_argument("--device", default="auto", help="auto: CUDA when there is a GPU (auto)")
+    parser.add_argument(
+        "--device", default="auto", choices=DEVICES, help="auto: CUDA when there is a GPU (auto)"
+    )
     args = parser.parse_args(argv)
     args.data = args.data or mounted(KAGGLE_DATA)
     if args.data is None:

@@ -42,7 +42,7 @@ from steelflow import checkpoint, on_device, rle
 from steelflow.dataset import at_scale, normalise
 from steelflow.device import autocast, memory_format, pick_device, pick_precision, usable_cores
 from steelflow.errors import SteelflowError
-from steelflow.images import read_bytes, read_gray
+from steelflow.images import check_size, read_bytes, read_gray
 from steelflow.io import CLASSES
 from steelflow.models import build_classifier, build_unet, image_logits
 from steelflow.thresholds import Thresholds
@@ -266,19 +266,38 @@ class Predictor:
         """An image already decoded (any size) at each network's scale (``at_scale``)."""
         return {scale: at_scale(gray, scale) for scale in self.scales}
 
-    def reader(self, folder: Path) -> ReadBatch:
+    def reader(self, folder: Path, severstal: bool = False) -> ReadBatch:
         """The views of a batch of images of ``folder``, by name: decoded on the CPU, an
         image per core (``read``), or, ``on_device``, the files read an image per core
-        and decoded and downscaled on the device, as a batch."""
+        and decoded and downscaled on the device, as a batch. With ``severstal``, an
+        image that is not 1600x256 is refused (``check_size``)."""
         if not self.on_device:
-            return self.each(lambda name: self.read(folder / name))
+
+            def read_one(name: str) -> Views:
+                gray = read_gray(folder / name)
+                if severstal:
+                    check_size(gray.shape, folder / name)
+                return self.views_of(gray)
+
+            return self.each(read_one)
+
+        # the reader thread's device work on a stream of its own: nvJPEG may write over
+        # memory that kernels queued on the networks' stream still use (pytorch/vision#9606),
+        # which no synchronisation in this thread can rule out while that one runs
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
         def read(names: list[str]) -> list[Views]:
             paths = [folder / name for name in names]
-            grays = on_device.decode_gray(
-                list(self.pool.map(read_bytes, paths)), paths, self.device
-            )
-            return [{s: on_device.at_scale(g, s) for s in self.scales} for g in grays]
+            files = list(self.pool.map(read_bytes, paths))
+            with torch.cuda.stream(stream):
+                grays = on_device.decode_gray(files, paths, self.device)
+                if severstal:
+                    for gray, path in zip(grays, paths, strict=True):
+                        check_size(tuple(gray.shape), path)
+                views = [{s: on_device.at_scale(g, s) for s in self.scales} for g in grays]
+            if stream is not None:
+                stream.synchronize()  # done before the networks' stream reads them
+            return views
 
         return read
 
@@ -290,6 +309,9 @@ class Predictor:
         """A normalised (N, 1, h, w) batch on the device: uint8 is what crosses to it."""
         if isinstance(grays[0], torch.Tensor):  # decoded on the device
             x = torch.stack(grays).to(self.device)
+            if x.is_cuda:  # made on the reader's stream: its memory is reused only after this
+                for gray in grays:
+                    gray.record_stream(torch.cuda.current_stream(x.device))
         else:
             x = torch.from_numpy(np.stack(grays))
             if self.device.type == "cuda":
@@ -414,8 +436,11 @@ def check_submission(table, image_ids: list[str]) -> None:
 def submission_rows(
     predictor: Predictor, th: Thresholds, folder: Path, image_ids: list[str], batch_size: int
 ) -> list[tuple[str, int, str]]:
-    """(ImageId, ClassId, EncodedPixels) of every image of ``folder`` named in ``image_ids``."""
-    found = predict_images(predictor, th, image_ids, predictor.reader(folder), batch_size)
+    """(ImageId, ClassId, EncodedPixels) of every image of ``folder`` named in ``image_ids``,
+    each 1600x256 (the submission's RLE is of that size)."""
+    found = predict_images(
+        predictor, th, image_ids, predictor.reader(folder, severstal=True), batch_size
+    )
     return [
         (name, cls, text) for name, texts in found for cls, text in zip(CLASSES, texts, strict=True)
     ]

@@ -20,10 +20,10 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from steelflow import rle, synthetic
+from steelflow import synthetic
 from steelflow.atomic import atomic_dir, atomic_path
 from steelflow.errors import SteelflowError
-from steelflow.images import check_image_bytes, list_images
+from steelflow.images import check_image_bytes, check_size, list_images
 from steelflow.io import read_masks, read_sample_ids
 
 COMPETITION = "severstal-steel-defect-detection"
@@ -297,15 +297,13 @@ def _check_image(path: Path, name: str) -> None:
         raise SourceError(str(e)) from None
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.size != (rle.SHAPE[1], rle.SHAPE[0]):
-                raise SourceError(
-                    f"{name}: image is {im.size[0]}x{im.size[1]}, expected "
-                    f"{rle.SHAPE[1]}x{rle.SHAPE[0]} (width x height)"
-                )
+            check_size(im.size[::-1], name)
             im.draft("L", (im.size[0] // 8, im.size[1] // 8))  # decode at 1/8 scale: fast
             im.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise SourceError(f"{name}: cannot be read as an image ({e})") from None
+    except SteelflowError as e:  # not 1600x256
+        raise SourceError(str(e)) from None
 
 
 def check_layout(root: Path, label: str) -> None:

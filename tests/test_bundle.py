@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
 
 from steelflow import kaggle_submit
@@ -179,6 +180,15 @@ def test_submit_py_without_data_reads_the_mounted_folder_or_names_both_in_one_li
     [line] = capsys.readouterr().err.splitlines()
     assert f"{then / 'sample_submission.csv'} not found" in line
     assert not (tmp_path / "submission.csv").exists()
+
+
+def test_submit_py_refuses_a_mistyped_device_at_once_with_the_config_s_choices(capsys):
+    schema = Path(kaggle_submit.__file__).with_name("config.schema.yaml")
+    train = yaml.safe_load(schema.read_text())["properties"]["train"]["properties"]
+    assert tuple(train["device"]["enum"]) == kaggle_submit.DEVICES
+    with pytest.raises(SystemExit) as stop:
+        kaggle_submit.main(["--data", ".", "--device", "gpu"])
+    assert stop.value.code == 2 and "--device: invalid choice: 'gpu'" in capsys.readouterr().err
 
 
 def one_error_line(done: subprocess.CompletedProcess) -> str:

@@ -239,3 +239,29 @@ def test_a_device_that_is_not_there_is_one_line_before_any_work(tmp_path, capsys
         err.startswith("steelflow train: error: train.device: cuda, but torch") and "\n" not in err
     )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_gpu_this_torch_has_no_kernels_for_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
+    """Kaggle's P100 under its image's cu128 torch: CUDA says the GPU is there, and the
+    first operation fails. Stood in for by a CUDA that says so here, where the first
+    operation fails for want of a driver."""
+    from steelflow.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla P100-PCIE-16GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (6, 0))
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_90"])
+    outputs = [x for n in ("out", "history", "curves") for x in (f"--{n}", str(tmp_path / n))]
+    data = ["--raw", str(tmp_path / "none"), "--masks", str(tmp_path / "none")]
+    args = ["train", "unet", "--config", str(TEST_CONFIG), "--set", "train.device=auto"]
+    assert main([*args, *data, *outputs]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        "steelflow train: error: train.device: Tesla P100-PCIE-16GB (compute capability 6.0) "
+        f"cannot run torch {torch.__version__}, built for sm_75 sm_80 sm_90 ("
+    )
+    assert line.endswith(
+        "(on Kaggle a T4 or L4, not the P100), or train.device: cpu (submit.py --device cpu)"
+    )
+    assert list(tmp_path.iterdir()) == []

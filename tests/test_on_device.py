@@ -73,6 +73,24 @@ def test_decoding_gives_opencv_s_pixels_for_jpegs_and_pngs():
         assert np.array_equal(got.numpy(), images.decode_gray(data, name)), name
 
 
+def test_a_jpeg_s_exif_orientation_is_not_applied_on_either_path(tmp_path):
+    """The pixels as stored, on the CPU path and the device path alike: a rotated copy
+    would get masks of another shape than its RLE's."""
+    from PIL import Image
+
+    gray = cv2.GaussianBlur(
+        np.random.default_rng(3).integers(0, 256, (256, 1600), np.uint8), (5, 5), 0
+    )
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees to display
+    Image.fromarray(gray).save(tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    data = np.fromfile(tmp_path / "rotated.jpg", np.uint8)
+    cpu = images.decode_gray(data, "rotated.jpg")
+    [device] = on_device.decode_gray([data], ["rotated.jpg"], "cpu")
+    assert cpu.shape == (256, 1600) and np.array_equal(device.numpy(), cpu)
+    assert np.abs(cpu.astype(int) - gray).mean() < 2  # the image itself, as JPEG keeps it
+
+
 def test_decoding_gives_opencv_s_pixels_for_real_competition_jpegs(real_data):
     paths = sorted((real_data / "train_images").glob("*.jpg"))
     files = [images.read_bytes(path) for path in paths]

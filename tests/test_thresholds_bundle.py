@@ -150,6 +150,18 @@ def test_bundle_refuses_a_checkpoint_of_the_wrong_kind_and_writes_nothing(
     assert not (tmp_path / "dist").exists()
 
 
+def test_bundle_refuses_folds_other_than_those_the_thresholds_were_tuned_with(
+    project, tmp_path, capsys
+):
+    """As when the bundle is built with config.yaml alone after a run of an overlay."""
+    args = [a for a in models_args(project) if a not in FOLDS]  # fold 0 of folds 0 and 1
+    out = tmp_path / "dist/kaggle"
+    assert main(["bundle", *args, "--out", str(out), "--dataset", "me/steel"]) == 1
+    line = one_error_line(capsys, "bundle", project / "thresholds.json")
+    assert "tuned with the models of folds [0, 1], but the bundle packs folds [0]" in line
+    assert not (tmp_path / "dist").exists()
+
+
 def test_a_folder_given_as_thresholds_is_not_found(tmp_path):
     with pytest.raises(SteelflowError, match="thresholds not found"):
         Thresholds.load(tmp_path)

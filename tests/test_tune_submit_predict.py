@@ -319,6 +319,48 @@ def test_a_bad_sample_submission_stops_fetch_with_one_line_naming_file_and_line(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("fault", ["missing", "800x128"])
+def test_submit_refuses_a_test_image_it_cannot_submit_for_in_one_line(
+    project, tmp_path, capsys, fault
+):
+    """A listed image that is not there is told before any prediction; one of another
+    size than 1600x256 (the RLE's) when it is read, as in a Kaggle folder fetch never saw."""
+    raw = tmp_path / "raw"
+    shutil.copytree(project / "raw", raw)
+    ids = read_sample_ids(raw / "sample_submission.csv")
+    last = raw / "test_images" / ids[-1]
+    if fault == "missing":
+        last.unlink()
+        expected = (
+            f"{raw}/sample_submission.csv lists {ids[-1]}, which {raw}/test_images does not "
+            f"have (1 of its {len(ids)} images missing); expected a file for each"
+        )
+    else:
+        cv2.imwrite(str(last), cv2.resize(cv2.imread(str(last)), (800, 128)))
+        expected = f"{last}: image is 800x128, expected 1600x256 (width x height)"
+    out = tmp_path / "submission.csv"
+    assert main(["submit", *models_args(project), "--raw", str(raw), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if "error" in line]
+    assert line == f"steelflow submit: error: {expected}"
+    assert (fault == "missing") == ("prediction" not in err)  # before any prediction
+    assert not out.exists() and not list(tmp_path.glob(".submission.csv*"))
+
+
+def test_the_device_path_refuses_an_image_of_another_size_naming_it(project, tmp_path):
+    from steelflow.errors import SteelflowError
+    from steelflow.predict import Predictor
+
+    images = tmp_path / "test_images"
+    shutil.copytree(project / "raw/test_images", images)
+    names = sorted(p.name for p in images.glob("*.jpg"))
+    cv2.imwrite(str(images / names[1]), cv2.resize(cv2.imread(str(images / names[1])), (1600, 128)))
+    predictor = Predictor(*trained_pair(project, 0), load(TEST_CONFIG)["train"], on_device=True)
+    assert len(predictor.reader(images)(names)) == len(names)  # any size, for predict
+    with pytest.raises(SteelflowError, match=rf"{names[1]}: image is 1600x128, expected"):
+        predictor.reader(images, severstal=True)(names)
+
+
 def empty_submission(project: Path, path: Path) -> Path:
     """A submission of no masks for the project's test images."""
     write_submission(path, EMPTY, read_sample_ids(project / "raw/sample_submission.csv"))

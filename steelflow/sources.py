@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import re
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -97,7 +99,7 @@ def download_kaggle(out: Path) -> None:
                 f"the archive {archive.name} downloaded from Kaggle is not a valid zip ({e}): "
                 "the download was probably cut off; run again"
             ) from None
-        extract_zip(archive, out)
+        extract_zip(archive, out, f"{archive.name} downloaded from Kaggle")
     shutil.rmtree(download)
 
 
@@ -184,8 +186,9 @@ def _kaggle_error(e: Exception, api, out: Path | None) -> SourceError | None:
     import urllib3
 
     status = _http_status(e)
-    # one line, whatever the server sent, and no signed link's query (it lets anyone download)
-    detail = re.sub(r"\?[^\s'\")]*", "", " ".join(str(e).split()))
+    # one line, whatever the server sent, and no signed link's query (it lets anyone
+    # download) nor any credential (an error may quote the header that carried it)
+    detail = _redact(re.sub(r"\?[^\s'\")]*", "", " ".join(str(e).split())))
     doing = "checking the credentials with Kaggle"
     if out is not None:
         doing = f"downloading {COMPETITION} from Kaggle"
@@ -226,6 +229,13 @@ def _kaggle_error(e: Exception, api, out: Path | None) -> SourceError | None:
             f"could not write the Kaggle download in {out.parent} ({detail}): free space there "
             "(about twice the archive's size) or fetch to another --out, then run again"
         )
+    refused_header = isinstance(e, (requests.exceptions.InvalidHeader, UnicodeEncodeError))
+    if refused_header or (isinstance(e, ValueError) and str(e).startswith("Invalid header")):
+        return SourceError(  # a header with a line end, or a non-ASCII quote, is refused
+            f"the Kaggle credentials in {_credentials_source(api)} hold a character an HTTP "
+            "header cannot carry (a line end, space or typographic quote pasted with them): "
+            "save the bare token or key again, then run again"
+        )
     if isinstance(e, (requests.RequestException, urllib3.exceptions.HTTPError, ValueError)):
         # no connection, timeout, cut off (ChunkedEncodingError, after the client's own
         # retries); ValueError: a size other than the Content-Length, or an answer not JSON
@@ -237,34 +247,76 @@ def _kaggle_error(e: Exception, api, out: Path | None) -> SourceError | None:
     return None
 
 
+def _redact(text: str) -> str:
+    """``text`` without any Kaggle credential: the values the client may have read, an
+    access token's form (KGAT_...) and whatever follows Bearer or Basic."""
+    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+    secrets = [os.environ.get(name, "") for name in ("KAGGLE_API_TOKEN", "KAGGLE_KEY")]
+    with contextlib.suppress(OSError, ValueError):
+        secrets.append(str(json.loads((folder / "kaggle.json").read_text()).get("key", "")))
+    for name in ("access_token", "access_token.txt"):
+        with contextlib.suppress(OSError, ValueError):
+            secrets.append((folder / name).read_text())
+    for secret in {s.strip() for s in secrets if len(s.strip()) >= 8}:
+        text = text.replace(secret, "***")
+    return re.sub(
+        r"\b(Bearer|Basic)\s+[^\s'\"]+|\bKGAT_\w+", lambda m: f"{m[1] or ''} ***".strip(), text
+    )
+
+
 def local_path(given: str) -> Path:
     """``data.local_path`` as a path: ``~`` and environment variables expanded."""
     return Path(os.path.expandvars(given)).expanduser()
 
 
+IMAGE_ZIPS = ("train_images.zip", "test_images.zip")  # how Kaggle once shipped the images
+
+
 def copy_local(source: Path, out: Path) -> None:
-    """Copy a local Kaggle zip or extracted folder into ``out``."""
+    """Copy a local Kaggle zip or extracted folder into ``out``; in a folder, the image
+    folders may be zips of their own (``IMAGE_ZIPS``), and no other zip may lie beside."""
     if not source.exists():
         raise SourceError(f"data.local_path {source} does not exist")
     if source.is_file():
         extract_zip(source, out)
         return
+    stray = [p.name for p in source.glob("*.zip") if p.name not in IMAGE_ZIPS]
+    if stray:
+        raise SourceError(
+            f"data.local_path {source}: holds {stray[0]}, which is not part of the "
+            f"competition's layout (its zip goes in data.local_path itself; inside the "
+            f"folder only {' or '.join(IMAGE_ZIPS)}): move it out, then run again"
+        )
+    try:
+        for item in source.iterdir():  # copies, not links: outputs must not alias the user's
+            if item.is_dir():
+                shutil.copytree(item, out / item.name)
+            else:
+                shutil.copy2(item, out / item.name)
+    except shutil.Error as e:  # copytree gathers each file's error: (source, target, why)
+        why = re.sub(r"^\[Errno \d+\] ([^:]+).*", r"\1", str(e.args[0][0][2]))
+        raise SourceError(_unwritten(f"data.local_path {source}", why)) from None
+    except OSError as e:
+        raise SourceError(_unwritten(f"data.local_path {source}", e.strerror or e)) from None
+    for name in IMAGE_ZIPS:
+        if (out / name).is_file():
+            extract_zip(out / name, out, f"{source / name}")
+            (out / name).unlink()
 
-    for item in source.iterdir():  # copies, not links: outputs must not alias the user's files
-        if item.is_dir():
-            shutil.copytree(item, out / item.name)
-        else:
-            shutil.copy2(item, out / item.name)
-    for inner in sorted(out.glob("*.zip")):  # e.g. train_images.zip beside train.csv
-        extract_zip(inner, out)
-        inner.unlink()
+
+def _unwritten(name: str, why) -> str:
+    """The error line of data that could not be copied or extracted into the output."""
+    return (
+        f"{name}: could not be copied into the output ({why}): free space beside --out "
+        "(as much as the data takes), then run again"
+    )
 
 
-def extract_zip(archive: Path, out: Path) -> None:
-    """Extract ``archive`` into ``out``, refusing any entry that would land outside it.
-
-    Zips inside (Kaggle ships train_images.zip and the like) are extracted too.
-    """
+def extract_zip(archive: Path, out: Path, name: str | None = None) -> None:
+    """Extract ``archive`` (``name`` in messages) into ``out``, refusing any entry that would
+    land outside it. Zips inside (Kaggle shipped train_images.zip and the like) are
+    extracted too. A damaged archive or a full disk is one SourceError."""
+    name = name or str(archive)
     root = out.resolve()
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -272,17 +324,19 @@ def extract_zip(archive: Path, out: Path) -> None:
                 target = (root / entry.filename).resolve()
                 if target != root and root not in target.parents:
                     raise SourceError(
-                        f"{archive}: entry {entry.filename!r} would be extracted outside {out}"
+                        f"{name}: entry {entry.filename!r} would be extracted outside its folder"
                     )
                 if (entry.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise SourceError(f"{archive}: entry {entry.filename!r} is a symbolic link")
+                    raise SourceError(f"{name}: entry {entry.filename!r} is a symbolic link")
             zf.extractall(root)
-            inner = [root / e.filename for e in zf.infolist() if e.filename.endswith(".zip")]
-    except zipfile.BadZipFile as e:
-        raise SourceError(f"{archive}: not a valid zip archive ({e})") from None
-    for nested in inner:
-        extract_zip(nested, nested.parent)
-        nested.unlink()
+            inner = [e.filename for e in zf.infolist() if e.filename.endswith(".zip")]
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise SourceError(f"{name}: not a valid zip archive, or damaged ({e})") from None
+    except OSError as e:
+        raise SourceError(_unwritten(name, e.strerror or e)) from None
+    for entry in inner:
+        extract_zip(root / entry, (root / entry).parent, f"{entry} inside {name}")
+        (root / entry).unlink()
 
 
 def _check_image(path: Path, name: str) -> None:
@@ -326,6 +380,11 @@ def check_layout(root: Path, label: str) -> None:
         test_ids = read_sample_ids(root / "sample_submission.csv")
     except SteelflowError as e:
         raise SourceError(str(e).replace(str(root), label)) from None
+    if not (train.EncodedPixels != "").any():
+        raise SourceError(
+            f"{label}/train.csv: no defect masks; expected rows of ImageId,ClassId,EncodedPixels "
+            "for the train images' defects"
+        )
     for line, image in train.ImageId.items():
         if not (root / "train_images" / image).is_file():
             raise SourceError(

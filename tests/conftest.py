@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,24 @@ def networks(root: Path) -> list[str]:
 def models_args(root: Path) -> list[str]:
     thresholds = ["--thresholds", str(root / "thresholds.json")]
     return ["--config", str(TEST_CONFIG), *FOLDS, *networks(root), *thresholds]
+
+
+MOUNTS = {  # shell lines mounting $0 in a mount namespace of the test's own
+    "read-only": 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0"',
+    "512 KiB": 'mount -t tmpfs -o size=512k tmpfs "$0"',
+}
+
+
+@pytest.fixture(scope="session")
+def mounts():
+    """Skip where no process may mount in a namespace of its own (``unshare -rm``)."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode:
+        pytest.skip("needs unshare -rm (a mount namespace) to mount a read-only or small folder")
+
+
+def on_mount(kind: str, folder: Path, *command: str) -> subprocess.CompletedProcess:
+    """``command`` run with ``folder`` mounted as MOUNTS[kind] says (permissions alone do not
+    stop root); its stdout ends with a line ``left: NAMES``, what the folder then holds."""
+    script = f'{MOUNTS[kind]} || exit 99; "$@"; code=$?; echo "left: $(ls -A "$0")"; exit $code'
+    unshare = ["unshare", "--map-root-user", "--mount", "sh", "-c", script, str(folder)]
+    return subprocess.run([*unshare, *command], capture_output=True, text=True)

@@ -3,16 +3,13 @@ output that cannot be written is told before any work."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from steelflow.atomic import atomic_dir, atomic_path
-from tests.conftest import TEST_CONFIG, models_args
+from tests.conftest import TEST_CONFIG, models_args, on_mount
 
 
 def test_a_replaced_folder_is_always_there_complete(tmp_path):
@@ -62,20 +59,6 @@ def test_a_file_appears_only_when_complete(tmp_path):
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
-def read_only(folder: Path, *command: str) -> subprocess.CompletedProcess:
-    """``command`` run with ``folder`` mounted read-only, as Kaggle mounts /kaggle/input
-    (in a mount namespace of its own: permissions alone do not stop root)."""
-    mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
-    unshare = ["unshare", "--map-root-user", "--mount", "sh", "-c", mount, str(folder)]
-    return subprocess.run([*unshare, *command], capture_output=True, text=True)
-
-
-@pytest.fixture(scope="module")
-def mounts():
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode:
-        pytest.skip("needs unshare -rm (a mount namespace) to mount a folder read-only")
-
-
 @pytest.mark.parametrize("command", ["submit", "fetch", "config"])
 def test_an_output_on_a_read_only_mount_is_one_line_before_any_work(
     mounts, project, tmp_path, command
@@ -96,10 +79,10 @@ def test_an_output_on_a_read_only_mount_is_one_line_before_any_work(
         "--out",
         str(out[command]),
     ]
-    done = read_only(folder, sys.executable, "-m", "steelflow", *args)
+    done = on_mount("read-only", folder, sys.executable, "-m", "steelflow", *args)
     assert done.returncode == 1, done.stderr
     assert done.stderr.splitlines() == [
         f"steelflow {command}: error: --out {out[command]}: cannot write in {folder} "
         "(read-only or not permitted); choose a writable place for the output"
     ]
-    assert list(folder.iterdir()) == []
+    assert done.stdout.splitlines()[-1] == "left: "

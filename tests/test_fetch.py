@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 import zipfile
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from steelflow.cli import main
 from steelflow.config import load
 from steelflow.io import read_masks
 from steelflow.sources import SourceError, fetch
-from tests.conftest import ROOT, fetch_synthetic
+from tests.conftest import ROOT, TEST_CONFIG, fetch_synthetic, on_mount
 
 
 def data_config(**synthetic):
@@ -207,10 +208,22 @@ def missing(folder: Path) -> str:
     return image.name
 
 
+def header_only(folder: Path) -> str:
+    (folder / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    return "train.csv"
+
+
+def stray_zip(folder: Path) -> str:
+    zip_folder(folder, folder / "severstal-steel-defect-detection.zip")  # its own zip, beside
+    return "severstal-steel-defect-detection.zip"
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
         (corrupt, r"train_images/{name}: cannot be read as an image \(truncated or corrupt JPEG"),
+        (header_only, r"{name}: no defect masks; expected rows of ImageId,ClassId,EncodedPixels"),
+        (stray_zip, r"kaggle: holds {name}, which is not part of the competition's layout"),
         (wrong_size, r"train_images/{name}: image is 800x256, expected 1600x256"),
         (missing, r"train.csv, line 2: image train_images/{name} is missing"),
     ],
@@ -220,6 +233,36 @@ def test_bad_local_data_names_the_file(real_kaggle_folder, tmp_path, damage, mes
     with pytest.raises(SourceError, match=message.format(name=name)):
         fetch({"source": "local", "local_path": str(real_kaggle_folder)}, 0, tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_damaged_zip_is_one_line_naming_it(real_kaggle_folder, tmp_path):
+    archive = tmp_path / "severstal.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(real_kaggle_folder / "train.csv", "train.csv")
+    data = bytearray(archive.read_bytes())
+    data[60:90] = bytes(30)  # inside train.csv's deflated data: its CRC no longer holds
+    archive.write_bytes(data)
+    with pytest.raises(SourceError, match=rf"^{archive}: not a valid zip archive, or damaged"):
+        fetch({"source": "local", "local_path": str(archive)}, 0, tmp_path / "raw")
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("given", ["zip", "folder"])
+def test_a_full_disk_is_one_line_and_leaves_nothing(mounts, real_kaggle_folder, tmp_path, given):
+    source = {
+        "zip": zip_folder(real_kaggle_folder, tmp_path / "s.zip"),
+        "folder": real_kaggle_folder,
+    }
+    small = tmp_path / "small"  # 512 KiB: the 1 MB of real images do not fit
+    small.mkdir()
+    local = ["--set", "data.source=local", "--set", f"data.local_path={source[given]}"]
+    args = ["fetch", "--config", str(TEST_CONFIG), *local, "--out", str(small / "raw")]
+    done = on_mount("512 KiB", small, sys.executable, "-m", "steelflow", *args)
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("steelflow fetch: error: ") and f"{source[given]}: could not" in line
+    assert "could not be copied into the output (No space left on device): free space" in line
+    assert done.stdout.splitlines()[-1] == "left: "
 
 
 def test_local_source_needs_a_path(tmp_path):

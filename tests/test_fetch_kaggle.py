@@ -190,6 +190,17 @@ def test_refused_credentials_are_one_line(place, kaggle, home, monkeypatch, tmp_
     assert archive_gets(kaggle) == []
 
 
+@pytest.mark.parametrize("pasted", ["\r", "\u201d"])  # a Windows line end, a typographic quote
+def test_a_token_pasted_with_a_stray_character_is_one_line_that_never_shows_it(
+    pasted, kaggle, home, monkeypatch, tmp_path, capsys
+):
+    give("KAGGLE_API_TOKEN", home, monkeypatch, secret=TOKEN + pasted)
+    code, lines = fetch(tmp_path / "raw", capsys)
+    line = failed_cleanly(tmp_path, code, lines)
+    assert len(lines) == 1 and "KAGGLE_API_TOKEN" in line and "cannot carry" in line
+    assert TOKEN.removeprefix("KGAT_") not in line
+
+
 def test_rules_not_accepted_is_one_line(kaggle, home, monkeypatch, tmp_path, capsys):
     give("access_token", home, monkeypatch)
     kaggle.rules_accepted = False

@@ -12,6 +12,7 @@ well under a millisecond.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,32 +50,38 @@ def build(train_csv: Path, images_dir: Path, out: Path) -> None:
         bits = np.lib.format.open_memmap(
             tmp / "bits.npy", mode="w+", dtype=np.uint8, shape=(len(table), height * width // 8)
         )
-        row = 0
-        groups = table.groupby("ImageId", sort=True)
-        for image, masks in tqdm(groups, desc="decoding masks", unit="img", mininterval=2):
-            taken = np.zeros((height, width), np.uint8)  # class of each pixel so far
-            for line, cls, text in zip(
-                masks.index, masks.ClassId, masks.EncodedPixels, strict=True
-            ):
-                try:
-                    mask = rle.decode(text)
-                except ValueError as e:
-                    raise MaskError(f"{train_csv}, line {line}: {e}") from None
-                clash = taken[mask.astype(bool)]
-                if clash.any():
-                    other = masks.index[masks.ClassId == clash.max()][0]
-                    raise MaskError(
-                        f"{train_csv}, line {line}: the class {cls} mask of {image} overlaps "
-                        f"its class {clash.max()} mask (line {other}); classes never overlap"
-                    )
-                taken[mask.astype(bool)] = cls
-                bits[row] = np.packbits(mask)
-                index.loc[image, f"mask_{cls}"] = row
-                row += 1
+        masks = tqdm(
+            decoded(table, train_csv), "decoding masks", len(table), unit="mask", mininterval=2
+        )
+        for row, (image, cls, mask) in enumerate(masks):
+            bits[row] = np.packbits(mask)
+            index.loc[image, f"mask_{cls}"] = row
         bits.flush()
         del bits
         index.to_csv(tmp / "index.csv")
         (tmp / "shape.json").write_text(json.dumps([height, width]) + "\n")
+
+
+def decoded(table: pd.DataFrame, train_csv: str | Path) -> Iterator[tuple[str, int, np.ndarray]]:
+    """(ImageId, ClassId, mask) of each defect row of ``table`` (indexed by line), image by
+    image: a malformed RLE, or two classes' masks of an image that overlap, is a MaskError
+    naming ``train_csv`` and the lines."""
+    for image, masks in table.groupby("ImageId", sort=True):
+        taken = np.zeros(rle.SHAPE, np.uint8)  # class of each pixel so far
+        for line, cls, text in zip(masks.index, masks.ClassId, masks.EncodedPixels, strict=True):
+            try:
+                mask = rle.decode(text)
+            except ValueError as e:
+                raise MaskError(f"{train_csv}, line {line}: {e}") from None
+            clash = taken[mask.astype(bool)]
+            if clash.any():
+                other = masks.index[masks.ClassId == clash.max()][0]
+                raise MaskError(
+                    f"{train_csv}, line {line}: the class {cls} mask of {image} overlaps "
+                    f"its class {clash.max()} mask (line {other}); classes never overlap"
+                )
+            taken[mask.astype(bool)] = cls
+            yield image, cls, mask
 
 
 class MaskCache:

@@ -27,6 +27,7 @@ from steelflow.atomic import atomic_dir, atomic_path
 from steelflow.errors import SteelflowError
 from steelflow.images import check_image_bytes, check_size, list_images
 from steelflow.io import read_masks, read_sample_ids
+from steelflow.masks import MaskError, decoded
 
 COMPETITION = "severstal-steel-defect-detection"
 RULES_URL = f"https://www.kaggle.com/competitions/{COMPETITION}/rules"
@@ -380,11 +381,23 @@ def check_layout(root: Path, label: str) -> None:
         test_ids = read_sample_ids(root / "sample_submission.csv")
     except SteelflowError as e:
         raise SourceError(str(e).replace(str(root), label)) from None
-    if not (train.EncodedPixels != "").any():
+    defects = train[train.EncodedPixels != ""]
+    if defects.empty:
         raise SourceError(
             f"{label}/train.csv: no defect masks; expected rows of ImageId,ClassId,EncodedPixels "
             "for the train images' defects"
         )
+    try:  # every mask decodes, and no two of an image overlap: named by the user's line
+        for _ in tqdm(
+            decoded(defects, f"{label}/train.csv"),
+            "checking masks",
+            len(defects),
+            unit="mask",
+            mininterval=2,
+        ):
+            pass
+    except MaskError as e:
+        raise SourceError(str(e)) from None
     for line, image in train.ImageId.items():
         if not (root / "train_images" / image).is_file():
             raise SourceError(

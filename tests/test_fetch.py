@@ -213,6 +213,15 @@ def header_only(folder: Path) -> str:
     return "train.csv"
 
 
+def past_the_end(folder: Path) -> str:
+    """The last mask of the 2019-layout train.csv runs past the image's 409,600 pixels."""
+    lines = (folder / "train.csv").read_text().splitlines()
+    last = max(i for i, line in enumerate(lines) if not line.endswith(","))
+    lines[last] = lines[last].split(",")[0] + ",409590 20"
+    (folder / "train.csv").write_text("\n".join(lines) + "\n")
+    return str(last + 1)
+
+
 def stray_zip(folder: Path) -> str:
     zip_folder(folder, folder / "severstal-steel-defect-detection.zip")  # its own zip, beside
     return "severstal-steel-defect-detection.zip"
@@ -223,6 +232,7 @@ def stray_zip(folder: Path) -> str:
     [
         (corrupt, r"train_images/{name}: cannot be read as an image \(truncated or corrupt JPEG"),
         (header_only, r"{name}: no defect masks; expected rows of ImageId,ClassId,EncodedPixels"),
+        (past_the_end, r"kaggle/train.csv, line {name}: "),
         (stray_zip, r"kaggle: holds {name}, which is not part of the competition's layout"),
         (wrong_size, r"train_images/{name}: image is 800x256, expected 1600x256"),
         (missing, r"train.csv, line 2: image train_images/{name} is missing"),

@@ -12,6 +12,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
@@ -41,6 +43,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.lexists(tmp):  # unlink would fail on a read-only folder, even without tmp
             tmp.unlink()
+
+
+def remove_leftovers(path: Path) -> None:
+    """Remove the temporary files and folders of ``path`` (``.NAME.PID.tmp`` or ``.old``)
+    that a run killed on this machine left behind: those whose process is gone."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.(tmp|old)")
+    for item in path.parent.iterdir():
+        found = pattern.fullmatch(item.name)
+        if not found or _running(int(found[1])):
+            continue
+        log.warning("removing %s, left by a run that was killed", item)
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (perhaps another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -136,6 +164,7 @@ def atomic_dir(path: str | Path, command: str) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     old = path.with_name(f".{path.name}.{os.getpid()}.old")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -3,6 +3,7 @@ output that cannot be written is told before any work."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 
@@ -86,3 +87,31 @@ def test_an_output_on_a_read_only_mount_is_one_line_before_any_work(
         "(read-only or not permitted); choose a writable place for the output"
     ]
     assert done.stdout.splitlines()[-1] == "left: "
+
+
+def test_what_a_killed_run_left_is_removed_and_a_running_one_s_kept(tmp_path, caplog):
+    killed = subprocess.Popen(["true"])
+    killed.wait()
+    running = subprocess.Popen(["sleep", "60"])
+    try:
+        for pid in (killed.pid, running.pid):
+            (tmp_path / f".raw.{pid}.tmp").mkdir()
+            (tmp_path / f".raw.{pid}.tmp" / "train.csv").write_text("half")
+        (tmp_path / f".submission.csv.{killed.pid}.tmp").write_text("half")
+        with atomic_dir(tmp_path / "raw", "fetch") as tmp:
+            (tmp / "train.csv").write_text("whole")
+        left = {f".raw.{running.pid}.tmp", f".submission.csv.{killed.pid}.tmp", "raw"}
+        assert {p.name for p in tmp_path.iterdir()} == left
+        with atomic_path(tmp_path / "submission.csv") as tmp:
+            tmp.write_text("whole")
+        assert {p.name for p in tmp_path.iterdir()} == {
+            f".raw.{running.pid}.tmp",
+            "raw",
+            "submission.csv",
+        }
+    finally:
+        running.kill()
+    said = [
+        r.getMessage() for r in caplog.records if "left by a run that was killed" in r.getMessage()
+    ]
+    assert len(said) == 2 and all(str(killed.pid) in message for message in said)

@@ -143,7 +143,8 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> None:
-    from steelflow.sources import fetch, local_path
+    from steelflow.config import local_path
+    from steelflow.sources import fetch
 
     config = _load(args)
     data = config["data"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ STAGE_SECTIONS = {  # the config sections each stage reads: a change reruns it
 def stage_settings(config: dict[str, Any], stage: str) -> dict[str, Any]:
     """The settings ``stage`` reads (STAGE_SECTIONS), never ``machine``; a training
     stage's leave out train.folds, since which other folds train does not change one."""
+    if stage == "fetch":
+        return fetch_settings(config)
     sections = STAGE_SECTIONS[stage]
     if sections is EVERY:
         sections = [s for s in config if s != "machine"]
@@ -40,6 +43,23 @@ def stage_settings(config: dict[str, Any], stage: str) -> dict[str, Any]:
     if stage.startswith("train_"):
         chosen["train"] = {k: v for k, v in chosen["train"].items() if k != "folds"}
     return chosen
+
+
+def local_path(given: str) -> Path:
+    """``data.local_path`` as a path: ``~`` and environment variables expanded."""
+    return Path(os.path.expandvars(given)).expanduser()
+
+
+def fetch_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """What fetch reads of its source: the seed and draw of a synthetic set, the path of a
+    local one, nothing more of the kaggle download (a new seed downloads nothing again)."""
+    data = config["data"]
+    source = data["source"]
+    if source == "synthetic":
+        return {"seed": config["seed"], "data": {"source": source, "synthetic": data["synthetic"]}}
+    if source == "local":
+        return {"data": {"source": source, "local_path": data["local_path"]}}
+    return {"data": {"source": source}}
 
 
 class ConfigError(SteelflowError):

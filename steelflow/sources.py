@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from steelflow import synthetic
 from steelflow.atomic import atomic_dir, atomic_path
+from steelflow.config import local_path
 from steelflow.errors import SteelflowError
 from steelflow.images import check_image_bytes, check_size, list_images
 from steelflow.io import read_masks, read_sample_ids
@@ -263,11 +264,6 @@ def _redact(text: str) -> str:
     return re.sub(
         r"\b(Bearer|Basic)\s+[^\s'\"]+|\bKGAT_\w+", lambda m: f"{m[1] or ''} ***".strip(), text
     )
-
-
-def local_path(given: str) -> Path:
-    """``data.local_path`` as a path: ``~`` and environment variables expanded."""
-    return Path(os.path.expandvars(given)).expanduser()
 
 
 IMAGE_ZIPS = ("train_images.zip", "test_images.zip")  # how Kaggle once shipped the images

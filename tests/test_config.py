@@ -15,6 +15,7 @@ from steelflow.config import (
     load,
     parse_override,
     retyped,
+    stage_settings,
 )
 from tests.conftest import ROOT
 
@@ -227,3 +228,22 @@ def test_config_files_layer_as_snakemake_layers_them(base, overlay):
     layer(ours, overlay)
     update_config(snakemakes, overlay)
     assert ours == snakemakes
+
+
+@pytest.mark.parametrize(
+    ("source", "reruns"),
+    [
+        ("synthetic", {"seed", "data.synthetic.n_train"}),
+        ("local", {"data.local_path"}),
+        ("kaggle", set()),  # a new seed or draw downloads nothing again
+    ],
+)
+def test_fetch_reruns_for_what_its_source_reads_and_nothing_else(source, reruns):
+    base = load([ROOT / "config.yaml"], {"data.source": source, "data.local_path": "a.zip"})
+    changes = {"seed": 7, "data.synthetic.n_train": 9, "data.local_path": "b.zip"}
+    for key, value in changes.items():
+        changed = load(
+            [ROOT / "config.yaml"], {"data.source": source, "data.local_path": "a.zip", key: value}
+        )
+        differs = stage_settings(changed, "fetch") != stage_settings(base, "fetch")
+        assert differs == (key in reruns), key

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 import yaml
 
 from steelflow import synthetic
-from tests.conftest import ROOT, TEST_CONFIG
+from tests.conftest import ROOT, TEST_CONFIG, fetch_synthetic
 
 BIN = Path(sys.executable).parent
 WORKFLOW_FILES = [
@@ -456,6 +457,26 @@ def test_every_stage_reads_the_config_snakemake_validated(project):
     assert planned() == set()  # what the code says: nothing reruns
     losses.write_text(source + "\n\ndef unused():\n    return 1\n")
     assert planned() == {"train_unet", "config"}  # what it does: the stage that runs it
+
+
+def test_a_newer_local_zip_fetches_again_and_a_new_seed_does_not(project, tmp_path):
+    data = fetch_synthetic(tmp_path / "data", 6, 2)
+    archive = tmp_path / "severstal.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for file in sorted(data.rglob("*")):
+            if file.is_file():
+                zf.write(file, file.relative_to(data))
+    local = ["--config", f"data={{source: local, local_path: {archive}}}"]
+    snakemake("--cores", "1", "resources/raw", *local, cwd=project)
+
+    def planned(*extra):
+        out = snakemake("--dry-run", "resources/raw", *local, *extra, cwd=project).stdout
+        return set(re.findall(r"^rule (\w+):", out, re.MULTILINE))
+
+    assert planned() == set()
+    assert planned("seed=7") == set()  # the synthetic draw's, not this source's
+    os.utime(archive, (time.time() + 60, time.time() + 60))  # a new copy of the zip
+    assert planned() == {"fetch"}
 
 
 def test_a_partial_configfile_alone_reaches_the_stages_layered_over_config_yaml():

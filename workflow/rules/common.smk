@@ -14,6 +14,7 @@ from steelflow.config import (
     STAGE_SECTIONS,
     dotted_leaves,
     format_override,
+    local_path,
     retyped,
     set_dotted,
     stage_settings,
@@ -56,6 +57,15 @@ class Arguments:
 
 
 CONFIG = Arguments(config_arguments())
+
+
+def local_source(wildcards):
+    """The local source's zip or folder, where there is one: fetch's input."""
+    data = config["data"]
+    if data["source"] != "local" or not data["local_path"]:
+        return []
+    path = local_path(data["local_path"])
+    return [str(path)] if path.exists() else []  # else fetch says so in its own line
 
 # Outputs DVC wrote back (dvc commit --force, dvc pull) carry DVC's times, not the
 # pipeline's: where dvc.lock holds for every stage, line them up so that Snakemake,

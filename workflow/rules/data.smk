@@ -19,6 +19,8 @@ rule config:
 
 
 rule fetch:
+    input:
+        local_source,  # a local zip or folder: a newer one fetches again
     output:
         directory("resources/raw"),
     params:

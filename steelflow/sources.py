@@ -383,6 +383,16 @@ def check_layout(root: Path, label: str) -> None:
             f"{label}/train.csv: no defect masks; expected rows of ImageId,ClassId,EncodedPixels "
             "for the train images' defects"
         )
+    for line, image in train.ImageId.items():
+        if not (root / "train_images" / image).is_file():
+            raise SourceError(
+                f"{label}/train.csv, line {line}: image train_images/{image} is missing"
+            )
+    for image in test_ids:
+        if not (root / "test_images" / image).is_file():
+            raise SourceError(
+                f"{label}/sample_submission.csv: image test_images/{image} is missing"
+            )
     try:  # every mask decodes, and no two of an image overlap: named by the user's line
         for _ in tqdm(
             decoded(defects, f"{label}/train.csv"),
@@ -394,16 +404,6 @@ def check_layout(root: Path, label: str) -> None:
             pass
     except MaskError as e:
         raise SourceError(str(e)) from None
-    for line, image in train.ImageId.items():
-        if not (root / "train_images" / image).is_file():
-            raise SourceError(
-                f"{label}/train.csv, line {line}: image train_images/{image} is missing"
-            )
-    for image in test_ids:
-        if not (root / "test_images" / image).is_file():
-            raise SourceError(
-                f"{label}/sample_submission.csv: image test_images/{image} is missing"
-            )
     try:
         images = list_images(root / "train_images") + list_images(root / "test_images")
     except SteelflowError as e:
@@ -411,4 +411,4 @@ def check_layout(root: Path, label: str) -> None:
     for path in tqdm(images, desc="checking images", unit="img", mininterval=2):
         _check_image(path, f"{label}/{path.relative_to(root)}")
     with atomic_path(root / "train.csv") as tmp:  # a new file: never write through a link
-        train[train.EncodedPixels != ""].to_csv(tmp, index=False)
+        defects.to_csv(tmp, index=False)

@@ -19,14 +19,22 @@ class CheckpointError(SteelflowError):
 
 
 def save(path: Path, state: dict) -> None:
-    """torch.save to a temporary name, then rename: a killed run never leaves half a file."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """torch.save to a temporary name, then rename: a killed run never leaves half a file.
+    Written through a file object, the archive's records are named alike whatever the
+    path, so the same state gives the same bytes (and DVC the same hash)."""
+    with atomic_path(path) as tmp, tmp.open("wb") as file:
+        torch.save(state, file)
 
 
-def last_path(best: Path) -> Path:
-    """Where the resumable state of a training that writes ``best`` lives: NAME.last.pt."""
-    return best.with_name(f"{best.stem}.last{best.suffix}")
+def last_path(out: Path) -> Path:
+    """Where the resumable state of a training that writes ``out`` lives: NAME.last.pt."""
+    return out.with_name(f"{out.stem}.last{out.suffix}")
+
+
+def best_path(out: Path) -> Path:
+    """Where a training that writes ``out`` keeps its best model until it finishes:
+    NAME.best.pt, so that ``out`` appears only once every epoch has run."""
+    return out.with_name(f"{out.stem}.best{out.suffix}")
 
 
 def load(path: Path, task: str | None = None, device: str | torch.device = "cpu") -> dict:

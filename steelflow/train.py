@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -225,7 +226,7 @@ def save_epoch(
     }
     if metrics["score"] > progress.best or not np.isfinite(progress.best):
         progress.best = metrics["score"]
-        checkpoint.save(paths["out"], state)
+        checkpoint.save(checkpoint.best_path(paths["out"]), state)
     resumable = {k: v.state_dict() for k, v in parts.items() if v is not None and k != "model"}
     resumable |= {"weights": parts["model"].state_dict()}
     extra = {"history": progress.history, "best": progress.best, "recipe": recipe}
@@ -282,7 +283,9 @@ def run(
     distributed.teardown()
     if not main:
         return None  # the main process reports
-    checkpoint.last_path(outputs["out"]).unlink(missing_ok=True)  # finished: a rerun starts afresh
+    # finished: the best model under its own name, and a rerun starts afresh
+    os.replace(checkpoint.best_path(outputs["out"]), outputs["out"])
+    checkpoint.last_path(outputs["out"]).unlink(missing_ok=True)
     return max(progress.history, key=lambda r: r["score"]) if progress.history else {}
 
 
@@ -314,7 +317,9 @@ def fit(
     last = checkpoint.last_path(outputs["out"])
     progress = Progress()
     if resume and last.is_file():
-        progress = resume_state(last, outputs["out"], parts, recipe, task, device)
+        progress = resume_state(
+            last, checkpoint.best_path(outputs["out"]), parts, recipe, task, device
+        )
     step = Step(distributed.wrap(model), task, optimizer, schedule, device, dtype, fmt, ema)
 
     for epoch in range(progress.epoch, cfg["epochs"]):

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, SequentialSampler
 from torchvision import models
 
-from steelflow import train
+from steelflow import checkpoint, train
 from steelflow.cli import main
 from steelflow.config import load
 from steelflow.dataset import (
@@ -237,6 +237,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(data, tmp_path, monkeypatch
     interrupted_after_one_epoch(data, tmp_path / "resumed", monkeypatch, **settings)
     last = torch.load(tmp_path / "resumed/unet.last.pt", weights_only=True)
     assert last["epoch"] == 1 and "optimizer" in last
+    assert not (tmp_path / "resumed/unet.pt").exists()  # one epoch of three is no model yet
+    assert torch.load(tmp_path / "resumed/unet.best.pt", weights_only=True)["epoch"] == 1
     train_network(data, tmp_path / "resumed", resume=True, **settings)
     straight = pd.read_csv(tmp_path / "straight/unet.csv")
     resumed = pd.read_csv(tmp_path / "resumed/unet.csv")
@@ -245,6 +247,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(data, tmp_path, monkeypatch
     a = torch.load(tmp_path / "straight/unet.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "resumed/unet.pt", weights_only=True)["model"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("*.pt")) == ["unet.pt"]
 
 
 @pytest.mark.parametrize(
@@ -567,3 +570,11 @@ def test_a_split_that_does_not_fit_is_one_line_before_any_training(data, tmp_pat
     assert main(args) == 1
     assert "split.csv: fold 5 has no images; its folds are 0, 1, 2, 3, 4" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_same_state_saves_to_the_same_bytes_whatever_the_path(tmp_path):
+    """A retrained model with the same weights is the same file: DVC reruns nothing after it."""
+    state = {"model": {"w": torch.arange(6.0)}, "epoch": 1, "task": "unet"}
+    checkpoint.save(tmp_path / "a/unet_f0.pt", state)
+    checkpoint.save(tmp_path / "b/unet_f1.pt", state)
+    assert (tmp_path / "a/unet_f0.pt").read_bytes() == (tmp_path / "b/unet_f1.pt").read_bytes()

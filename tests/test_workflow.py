@@ -119,9 +119,10 @@ def dvc_stages(folder: Path) -> dict[str, dict]:
 def rerun_record(stage: str) -> set[str]:
     """What a dvc.yaml stage depends on for its code and settings, which the Snakefile's
     rule has as params: the config stage the package (it writes every stage's
-    fingerprint), the others their own results/stages file."""
+    fingerprint, and pyproject.toml, part of the bundle's), the others their own
+    results/stages file."""
     name = stage.split("@")[0]
-    return {"steelflow"} if name == "config" else {f"results/stages/{name}.yaml"}
+    return {"steelflow", "pyproject.toml"} if name == "config" else {f"results/stages/{name}.yaml"}
 
 
 def drift(snakefile: dict[str, dict], dvc: dict[str, dict]) -> list[str]:

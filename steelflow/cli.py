@@ -75,23 +75,10 @@ def _config(args: argparse.Namespace) -> None:
         with atomic_path(args.out) as tmp:
             tmp.write_text(text)
     if args.stages:
-        _write_stages(config, Path(args.stages))
+        from steelflow.recorded import write_records
+
+        write_records(config, Path(args.stages))
     print(text, end="")
-
-
-def _write_stages(config: dict, folder: Path) -> None:
-    """One file per workflow stage: the fingerprint of its code and its settings, what
-    reruns it (a DVC stage depends on its file; the Snakefile has the same as params)."""
-    import yaml
-
-    from steelflow.atomic import atomic_path
-    from steelflow.code import fingerprint, stage_command
-    from steelflow.config import STAGE_SECTIONS, stage_settings
-
-    for stage in STAGE_SECTIONS.keys() - {"config"}:  # its own record is --out
-        record = {"code": fingerprint(stage_command(stage)), **stage_settings(config, stage)}
-        with atomic_path(folder / f"{stage}.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(record, sort_keys=False))
 
 
 def _uncovered(table, image_ids: list[str], path: str, what: str) -> None:

@@ -1,4 +1,10 @@
-"""Snakemake's file times made to agree with DVC's record of the same pipeline.
+"""What each stage was made with (its record: results/stages/STAGE.yaml), and Snakemake's
+file times made to agree with DVC's record of the same pipeline.
+
+A stage's record is the fingerprint of its code and the settings it reads. DVC's stages
+depend on their records; Snakemake keeps its own (params) in .snakemake, which a fresh
+clone filled by ``dvc pull`` lacks: there a record that differs from what the stage
+would now be made with (``stale``) is Snakemake's cue to rerun it.
 
 DVC writes outputs back in its own order (``dvc commit``, ``checkout``, ``pull``), so a
 U-Net checkpoint can end up newer than the classifier trained from it. Snakemake goes
@@ -14,6 +20,43 @@ import os
 from pathlib import Path
 
 TIMESTAMP = ".snakemake_timestamp"  # what Snakemake reads as a directory output's time
+RECORDS = Path("results/stages")
+
+
+def record(config: dict, stage: str) -> dict:
+    """What ``stage`` is made with: its code's fingerprint and the settings it reads."""
+    from steelflow.code import fingerprint, stage_command
+    from steelflow.config import stage_settings
+
+    return {"code": fingerprint(stage_command(stage)), **stage_settings(config, stage)}
+
+
+def write_records(config: dict, folder: Path = RECORDS) -> None:
+    """Every stage's record (but the config stage's, the resolved config) in ``folder``."""
+    import yaml
+
+    from steelflow.atomic import atomic_path
+    from steelflow.config import STAGE_SECTIONS
+
+    for stage in STAGE_SECTIONS.keys() - {"config"}:
+        with atomic_path(folder / f"{stage}.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(record(config, stage), sort_keys=False))
+
+
+def stale(config: dict, stage: str, folder: Path = RECORDS) -> bool:
+    """Whether ``stage``'s record in ``folder`` says it was made otherwise than it would
+    be now (the config stage's: the resolved config beside ``folder``); False where
+    there is none."""
+    import yaml
+
+    path = folder.parent / "config.yaml" if stage == "config" else folder / f"{stage}.yaml"
+    try:
+        recorded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    if stage == "config":
+        return recorded != {k: v for k, v in config.items() if k != "machine"}
+    return recorded != record(config, stage)
 
 
 def _time_file(path: Path) -> Path:

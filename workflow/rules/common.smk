@@ -1,5 +1,6 @@
 """The config every stage reads, the code each stage runs, and helpers shared by the rules."""
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from snakemake.logging import logger
 
 from steelflow.code import fingerprint, stage_command
-from steelflow.recorded import align_times
+from steelflow.recorded import RECORDS, align_times, stale
 from steelflow.config import (
     STAGE_SECTIONS,
     dotted_leaves,
@@ -73,6 +74,19 @@ def local_source(wildcards):
 if workflow.is_main_process:
     for moved in align_times(Path.cwd()):
         logger.info(f"{moved}: time set after its inputs', as dvc.lock records it")
+    # After `dvc pull` Snakemake has no params of its own to compare: there the record DVC
+    # pulled with a stage's outputs (results/stages/STAGE.yaml) says what they were made
+    # with. Each stage has an input, STAGE.rerun, whose time says whether that record is
+    # stale: now if so, which reruns the stage and the config stage (which rewrites the
+    # records), else 1970, which reruns nothing; the set of inputs stays the same.
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    for stage in STAGE_SECTIONS:
+        marker = RECORDS / f"{stage}.rerun"
+        marker.touch()
+        if stale(config, stage):
+            logger.info(f"{stage}: made otherwise than its record says (steelflow.recorded)")
+        else:
+            os.utime(marker, (0, 0))
 
 # Rules run `steelflow` from the environment that runs Snakemake, so a venv works
 # without being activated. Under conda the environment holds steelflow's dependencies
@@ -93,9 +107,15 @@ shell.prefix(SHELL_PREFIX.replace("{", "{{").replace("}", "}}"))
 
 # What reruns a rule: besides its inputs, the settings it reads (stage_settings) and
 # the fingerprint of the code its command runs (steelflow.code.fingerprint), both
-# params. A comment, docstring or help text changes no fingerprint, so it reruns
-# nothing; dvc.yaml's stages depend on the same two, written by the config stage to
-# results/stages/STAGE.yaml.
+# params, and where Snakemake has no params of its own (after `dvc pull`) the time of
+# its rerun marker (above). A comment, docstring or help text changes no fingerprint,
+# so it reruns nothing; dvc.yaml's stages depend on the same two, written by the config
+# stage to results/stages/STAGE.yaml.
+
+def rerun_marker(stage):
+    """The input whose time reruns ``stage`` where its record is stale (see above)."""
+    return str(RECORDS / f"{stage}.rerun")
+
 
 # Light rules run where Snakemake runs, not as cluster jobs (fetch also needs
 # the network, which compute nodes often lack).

@@ -2,6 +2,8 @@
 
 
 rule config:
+    input:
+        records=[rerun_marker(stage) for stage in STAGE_SECTIONS],  # it rewrites the records
     output:
         config="results/config.yaml",
         stages=STAGE_FILES,
@@ -20,7 +22,8 @@ rule config:
 
 rule fetch:
     input:
-        local_source,  # a local zip or folder: a newer one fetches again
+        record=rerun_marker("fetch"),
+        local=local_source,  # a local zip or folder: a newer one fetches again
     output:
         directory("resources/raw"),
     params:
@@ -40,6 +43,7 @@ rule fetch:
 
 rule masks:
     input:
+        record=rerun_marker("masks"),
         raw="resources/raw",
     output:
         directory("results/masks"),
@@ -57,6 +61,7 @@ rule masks:
 
 rule eda:
     input:
+        record=rerun_marker("eda"),
         raw="resources/raw",
         masks="results/masks",
     output:
@@ -84,6 +89,7 @@ rule eda:
 
 rule split:
     input:
+        record=rerun_marker("split"),
         masks="results/masks",
     output:
         "results/split.csv",

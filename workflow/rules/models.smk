@@ -10,6 +10,7 @@ wildcard_constraints:
 
 rule train_classifier:
     input:
+        record=rerun_marker("train_classifier"),
         raw="resources/raw",
         masks="results/masks",
         split="results/split.csv",
@@ -47,6 +48,7 @@ rule train_classifier:
 
 rule train_unet:
     input:
+        record=rerun_marker("train_unet"),
         raw="resources/raw",
         masks="results/masks",
         split="results/split.csv",

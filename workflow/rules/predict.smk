@@ -4,6 +4,7 @@ every trained fold, score it; bundle the models for a Kaggle notebook."""
 
 rule tune:
     input:
+        record=rerun_marker("tune"),
         raw="resources/raw",
         masks="results/masks",
         split="results/split.csv",
@@ -34,6 +35,7 @@ rule tune:
 
 rule submit:
     input:
+        record=rerun_marker("submit"),
         raw="resources/raw",
         classifier=fold_models("classifier"),
         unet=fold_models("unet"),
@@ -62,6 +64,7 @@ rule submit:
 
 rule bundle:
     input:
+        record=rerun_marker("bundle"),
         classifier=fold_models("classifier"),
         unet=fold_models("unet"),
         thresholds="results/thresholds.json",
@@ -85,6 +88,7 @@ rule bundle:
 
 rule score:
     input:
+        record=rerun_marker("score"),
         submission="submission.csv",
         raw="resources/raw",
     output:

@@ -129,6 +129,7 @@ def _kaggle_api():
             "pip install 'steelflow[workflow]' (or pip install kaggle), then run again"
         ) from None
     except SystemExit:  # it found no credentials it could use
+        _check_legacy_file(Path(getattr(api, "config", "") or "."))
         token = _token_source()
         if token:
             raise SourceError(
@@ -146,6 +147,25 @@ def _kaggle_api():
             raise
         raise error from None
     return api
+
+
+def _check_legacy_file(path: Path) -> None:
+    """Refuse a kaggle.json that is there but unusable, which the client passes over in
+    silence (its "no credentials" would send the user looking for a file that exists)."""
+    if not path.is_file():
+        return
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # the message gives a position, never the content
+        why = f"not valid JSON ({type(e).__name__}: {e})"
+    else:
+        if isinstance(values, dict) and {"username", "key"} <= values.keys():
+            return
+        why = 'not an object with "username" and "key"'
+    raise SourceError(
+        f"{path}: {why}: download it again from https://www.kaggle.com/settings/api, "
+        f"or use an access token instead: {NEW_TOKEN}"
+    )
 
 
 def _token_source() -> str | None:

@@ -201,6 +201,20 @@ def test_a_token_pasted_with_a_stray_character_is_one_line_that_never_shows_it(
     assert TOKEN.removeprefix("KGAT_") not in line
 
 
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [('{"username": "steel-tester", "key": "8d9e', "not valid JSON"), ("{}", "not an object")],
+)
+def test_a_broken_kaggle_json_is_one_line_naming_it_not_no_credentials(
+    text, why, kaggle, home, monkeypatch, tmp_path, capsys
+):
+    (home / ".kaggle" / "kaggle.json").write_text(text)
+    code, lines = fetch(tmp_path / "raw", capsys)
+    line = failed_cleanly(tmp_path, code, lines)
+    assert len(lines) == 1 and f"{home / '.kaggle' / 'kaggle.json'}: {why}" in line
+    assert "8d9e" not in line
+
+
 def test_rules_not_accepted_is_one_line(kaggle, home, monkeypatch, tmp_path, capsys):
     give("access_token", home, monkeypatch)
     kaggle.rules_accepted = False

@@ -63,7 +63,9 @@ def _settings(config: dict) -> str:
     """The experiment settings of ``config`` (all but machine) as YAML."""
     import yaml
 
-    return yaml.safe_dump({k: v for k, v in config.items() if k != "machine"}, sort_keys=False)
+    from steelflow.config import stage_settings
+
+    return yaml.safe_dump(stage_settings(config, "config"), sort_keys=False)
 
 
 def _config(args: argparse.Namespace) -> None:

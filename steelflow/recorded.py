@@ -49,14 +49,15 @@ def stale(config: dict, stage: str, folder: Path = RECORDS) -> bool:
     there is none."""
     import yaml
 
+    from steelflow.config import stage_settings
+
     path = folder.parent / "config.yaml" if stage == "config" else folder / f"{stage}.yaml"
     try:
         recorded = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return False
-    if stage == "config":
-        return recorded != {k: v for k, v in config.items() if k != "machine"}
-    return recorded != record(config, stage)
+    now = stage_settings(config, stage) if stage == "config" else record(config, stage)
+    return recorded != now
 
 
 def _time_file(path: Path) -> Path:

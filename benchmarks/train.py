@@ -73,7 +73,8 @@ def network_speeds(task, loader: DataLoader, device, precisions: dict, batches: 
         model = task.model().to(device, memory_format=fmt).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=task.cfg["lr"])
         schedule = train.lr_schedule(optimizer, task.cfg, len(loader))
-        step = train.Step(model, task, optimizer, schedule, device, dtype, fmt)  # the engine's
+        scaler = train.loss_scaler(device, dtype)  # the engine's step
+        step = train.Step(model, task, optimizer, schedule, scaler, device, dtype, fmt)
         row[f"model_images_per_s_{label}"] = images_per_s(
             lambda step=step: step(*batch), batches, size
         )

@@ -61,19 +61,23 @@ def on_device(x: torch.Tensor, masks: torch.Tensor, flags: torch.Tensor, device,
     return x, masks, flags.to(device, non_blocking=True)
 
 
+def loss_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """fp16's GradScaler; a disabled one, which passes the loss through, otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
 class Step:
     """One optimisation step: forward in the autocast dtype, loss in fp32, backward, Adam,
     then the learning rate of the next step (``schedule``).
 
-    Raises TrainingError on a non-finite loss; fp16 goes through a GradScaler; ``ema``
+    Raises TrainingError on a non-finite loss; ``scaler`` scales an fp16 loss; ``ema``
     (an AveragedModel) follows the weights after each step.
     """
 
-    def __init__(self, net, task: Task, optimizer, schedule, device, dtype, fmt, ema=None):
+    def __init__(self, net, task: Task, optimizer, schedule, scaler, device, dtype, fmt, ema=None):
         self.net, self.task, self.optimizer, self.ema = net, task, optimizer, ema
-        self.schedule = schedule
+        self.schedule, self.scaler = schedule, scaler
         self.device, self.dtype, self.fmt = device, dtype, fmt
-        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def __call__(self, x: torch.Tensor, masks: torch.Tensor, flags: torch.Tensor) -> float:
         x, masks, flags = on_device(x, masks, flags, self.device, self.fmt)
@@ -158,7 +162,9 @@ def resume_state(last: Path, best_file: Path, parts: dict, recipe: dict, task: T
             task.name,
         )
         return Progress()
-    for name, part in parts.items():  # model, optimizer, schedule, ema
+    for name, part in parts.items():  # model, optimizer, schedule, ema, scaler
+        if name == "scaler" and "scaler" not in state:
+            continue  # saved from a run without fp16: the loss scale starts afresh
         if part is not None:
             part.load_state_dict(state["weights" if name == "model" else name])
     # the best file went with an interrupted run: the next epoch saves anew
@@ -312,7 +318,11 @@ def fit(
         if cfg["ema_decay"]
         else None
     )
+    # fp16's loss scale, saved and resumed with the rest: a fresh one would skip steps
+    # to find it again after every resume
+    scaler = loss_scaler(device, dtype)
     parts = {"model": model, "optimizer": optimizer, "schedule": schedule, "ema": ema}
+    parts["scaler"] = scaler if scaler.is_enabled() else None
     recipe = task.recipe(train_loader.dataset, val_loader.dataset)
     last = checkpoint.last_path(outputs["out"])
     progress = Progress()
@@ -320,7 +330,9 @@ def fit(
         progress = resume_state(
             last, checkpoint.best_path(outputs["out"]), parts, recipe, task, device
         )
-    step = Step(distributed.wrap(model), task, optimizer, schedule, device, dtype, fmt, ema)
+    step = Step(
+        distributed.wrap(model), task, optimizer, schedule, scaler, device, dtype, fmt, ema
+    )
 
     for epoch in range(progress.epoch, cfg["epochs"]):
         train_loss, seconds = train_one_epoch(step, train_loader, epoch)

@@ -17,7 +17,7 @@ from steelflow.config import load
 from steelflow.device import pick_precision
 from steelflow.gpus import GpuError, claimed_gpus, gpu_pool, lock_gpus, unlock
 from steelflow.tasks import UNetTask
-from steelflow.train import Step
+from steelflow.train import Step, loss_scaler
 from tests.conftest import TEST_CONFIG
 
 CUDA = torch.device("cuda")
@@ -64,7 +64,7 @@ def train_steps(on: torch.device, dtype: torch.dtype | None, steps: int = 1) -> 
     before = {k: v.detach().clone() for k, v in net.named_parameters()}
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    step = Step(net, task, optimizer, schedule, on, dtype, fmt)
+    step = Step(net, task, optimizer, schedule, loss_scaler(on, dtype), on, dtype, fmt)
     x = torch.randint(0, 256, (2, 1, 64, 128), dtype=torch.uint8)
     masks = (torch.rand(2, 4, 64, 128) > 0.9).float()
     losses = [step(x, masks, masks.amax(dim=(2, 3))) for _ in range(steps)]

@@ -250,6 +250,25 @@ def test_an_interrupted_run_resumes_where_it_stopped(data, tmp_path, monkeypatch
     assert sorted(p.name for p in (tmp_path / "resumed").glob("*.pt")) == ["unet.pt"]
 
 
+def test_fp16_resumes_with_its_loss_scale(data, tmp_path, monkeypatch):
+    """fp16 (here on the CPU) saves the GradScaler's state with the rest, and a resumed
+    run goes on from the saved scale, not from a fresh one."""
+    settings = {"unet.epochs": 3, "train.precision": "fp16"}
+    interrupted_after_one_epoch(data, tmp_path, monkeypatch, **settings)
+    last = tmp_path / "unet.last.pt"
+    state = torch.load(last, weights_only=True)
+    assert state["scaler"]["scale"] == 2.0**16  # no overflow in a few steps
+    state["scaler"]["scale"] = 512.0  # as if overflows had halved it
+    torch.save(state, last)
+    interrupted_after_one_epoch(data, tmp_path, monkeypatch, resume=True, **settings)
+    assert torch.load(last, weights_only=True)["scaler"]["scale"] == 512.0
+
+
+def test_a_run_without_fp16_keeps_no_loss_scale(data, tmp_path, monkeypatch):
+    interrupted_after_one_epoch(data, tmp_path, monkeypatch, **{"train.precision": "fp32"})
+    assert "scaler" not in torch.load(tmp_path / "unet.last.pt", weights_only=True)
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [

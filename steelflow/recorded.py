@@ -9,18 +9,27 @@ would now be made with (``stale``) is Snakemake's cue to rerun it.
 DVC writes outputs back in its own order (``dvc commit``, ``checkout``, ``pull``), so a
 U-Net checkpoint can end up newer than the classifier trained from it. Snakemake goes
 by file times where it has no record of its own (a fresh clone) or the file is too
-large to checksum, and would redo that work. Where dvc.lock vouches for the whole
-pipeline (``dvc status``: up to date), the times are lined up in pipeline order; where
-anything changed, they are left alone and Snakemake decides as always.
+large to checksum, and would redo that work. And where DVC made an output after
+Snakemake did (``dvc repro``, or ``dvc checkout`` of another experiment), Snakemake's
+record of it holds the params of its own last run and would redo that work too. Where
+dvc.lock vouches for the whole pipeline (``dvc status``: up to date), the times are
+lined up in pipeline order, and Snakemake's record of an output is dropped where it
+differs from what the stage's record says it was made with, which is what Snakemake
+would make it with now; where anything changed, both are left alone and Snakemake
+decides as always.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from base64 import urlsafe_b64encode
+from dataclasses import dataclass
 from pathlib import Path
 
 TIMESTAMP = ".snakemake_timestamp"  # what Snakemake reads as a directory output's time
 RECORDS = Path("results/stages")
+SNAKEMAKE_RECORDS = Path(".snakemake/metadata")  # Snakemake's record of each output
 
 
 def record(config: dict, stage: str) -> dict:
@@ -29,6 +38,21 @@ def record(config: dict, stage: str) -> dict:
     from steelflow.config import stage_settings
 
     return {"code": fingerprint(stage_command(stage)), **stage_settings(config, stage)}
+
+
+def rule_params(config: dict, stage: str) -> dict:
+    """The params of ``stage``'s Snakemake rule that rerun it when they change: the
+    settings it reads (where it reads any) and its code's fingerprint; the config
+    stage's, every stage's fingerprint, which it records."""
+    from steelflow.code import fingerprint, stage_command
+    from steelflow.config import STAGE_SECTIONS, stage_settings
+
+    if stage == "config":
+        code = {name: fingerprint(stage_command(name)) for name in STAGE_SECTIONS}
+    else:
+        code = fingerprint(stage_command(stage))
+    settings = stage_settings(config, stage)
+    return ({"settings": settings} if settings else {}) | {"code": code}
 
 
 def write_records(config: dict, folder: Path = RECORDS) -> None:
@@ -76,6 +100,16 @@ def benchmark_file(stage: str) -> Path:
     return Path("logs/benchmarks") / f"{name}{f'_f{fold}' if fold else ''}.tsv"
 
 
+@dataclass
+class Stage:
+    """A dvc.yaml stage as dvc.lock records it: its name (train_unet@0), its outputs,
+    and the outputs of other stages that it reads."""
+
+    name: str
+    outs: list[Path]
+    inputs: list[Path]
+
+
 def _dependencies_first(graph) -> list:
     """The stages of DVC's graph, each after every stage it depends on."""
     order: list = []
@@ -91,20 +125,19 @@ def _dependencies_first(graph) -> list:
     return order
 
 
-def align_times(root: Path, records: str = "results/stages") -> list[Path]:
-    """Where dvc.lock in ``root`` holds for every stage, make each stage's outputs (and
-    its Snakemake benchmark file) no older than the outputs of other stages it reads,
-    stage by stage in pipeline order. ``records``, DVC's own inputs of each stage, are
-    not Snakemake's and do not count. Returns the outputs whose time moved."""
+def vouched(root: Path, records: str = "results/stages") -> list[Stage]:
+    """The stages of dvc.yaml in ``root`` in pipeline order, where dvc.lock holds for
+    every one of them (``dvc status``: up to date); else none. ``records``, DVC's own
+    inputs of each stage, are not Snakemake's and are not counted as inputs."""
     if not (root / "dvc.lock").is_file():
         return []
     from dvc.repo import Repo
 
-    moved = []
     with Repo(str(root)) as repo:
         if repo.status():
             return []
         graph = repo.index.graph  # an edge runs from a stage to one it depends on
+        stages = []
         for stage in _dependencies_first(graph):
             made = {Path(o.fs_path) for before in graph.successors(stage) for o in before.outs}
             deps = [Path(d.fs_path) for d in stage.deps]  # a folder stands for what is in it
@@ -114,13 +147,55 @@ def align_times(root: Path, records: str = "results/stages") -> list[Path]:
                 if any(path.is_relative_to(dep) for dep in deps)
                 and not path.is_relative_to(root / records)
             ]
-            outs = [Path(o.fs_path) for o in stage.outs]
-            if not inputs or not all(out.exists() for out in outs):
-                continue
-            benchmark = root / benchmark_file(stage.addressing)
-            newest = max(_mtime_ns(path) for path in inputs)
-            for path in [*outs, *([benchmark] if benchmark.is_file() else [])]:
-                if _mtime_ns(path) < newest:
-                    os.utime(_time_file(path), ns=(newest, newest))
-                    moved.append(path)
+            outs = [root / o.def_path for o in stage.outs]
+            stages.append(Stage(stage.addressing, outs, inputs))
+    return stages
+
+
+def align_times(root: Path, stages: list[Stage]) -> list[Path]:
+    """Make each of ``stages``' outputs in ``root`` (and its Snakemake benchmark file) no
+    older than the outputs of other stages it reads, stage by stage in pipeline order.
+    Returns the outputs whose time moved."""
+    moved = []
+    for stage in stages:
+        if not stage.inputs or not all(out.exists() for out in stage.outs):
+            continue
+        benchmark = root / benchmark_file(stage.name)
+        newest = max(_mtime_ns(path) for path in stage.inputs)
+        for path in [*stage.outs, *([benchmark] if benchmark.is_file() else [])]:
+            if _mtime_ns(path) < newest:
+                os.utime(_time_file(path), ns=(newest, newest))
+                moved.append(path)
     return moved
+
+
+def snakemake_record(root: Path, output: Path) -> Path:
+    """Where Snakemake keeps its record of ``output`` (snakemake/persistence.py): its
+    path relative to ``root`` in URL-safe base64, cut into names of at most 254
+    characters, all but the last a folder marked with '@'."""
+    name = urlsafe_b64encode(str(output.relative_to(root)).encode()).decode()
+    parts = [name[i : i + 254] for i in range(0, len(name), 254)]
+    return root / SNAKEMAKE_RECORDS / Path(*[f"@{p}" for p in parts[:-1]], parts[-1])
+
+
+def forget_overruled(root: Path, stages: list[Stage], config: dict) -> list[Path]:
+    """Drop Snakemake's record of each output of ``stages`` whose params (Snakemake keeps
+    them as the sorted reprs of their values) differ from the rule's params now, where
+    the stage's own record says it was made as it would be now (``stale``: no), as
+    ``snakemake --cleanup-metadata`` would. Returns the outputs whose record went."""
+    dropped = []
+    for stage in stages:
+        name = stage.name.partition("@")[0]
+        if stale(config, name, root / RECORDS):
+            continue
+        now = sorted(repr(value) for value in rule_params(config, name).values())
+        for out in stage.outs:
+            path = snakemake_record(root, out)
+            try:
+                params = json.loads(path.read_text()).get("params")
+            except (OSError, ValueError):
+                continue  # none, or being written: Snakemake ignores it too
+            if params is not None and params != now:
+                path.unlink()
+                dropped.append(out)
+    return dropped

@@ -300,6 +300,16 @@ def test_snakemake_run_then_dvc_commit_push_and_pull_into_a_fresh_clone(project,
     snakemake("--cores", "2", cwd=clone)
     assert "Nothing to be done" in snakemake("--dry-run", cwd=clone).stdout
 
+    # in the first project DVC remakes what a setting changes: Snakemake, whose own
+    # records are of its earlier run, takes dvc.lock's word for it and redoes nothing
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    config["tune"]["min_gain"] += 0.01
+    (project / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert "Running stage 'tune'" in dvc("repro", cwd=project).stdout
+    after = snakemake("--dry-run", cwd=project)
+    assert "Nothing to be done" in after.stdout, after.stdout + after.stderr
+    assert "results/thresholds.json: made by DVC as it would be now" in after.stdout
+
 
 def test_dvc_repro_and_experiments_run_the_same_stages(project, tmp_path):
     two_folds(project)

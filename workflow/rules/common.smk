@@ -9,8 +9,14 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from snakemake.logging import logger
 
-from steelflow.code import fingerprint, stage_command
-from steelflow.recorded import RECORDS, align_times, stale
+from steelflow.recorded import (
+    RECORDS,
+    align_times,
+    forget_overruled,
+    rule_params,
+    stale,
+    vouched,
+)
 from steelflow.config import (
     STAGE_SECTIONS,
     dotted_leaves,
@@ -18,7 +24,6 @@ from steelflow.config import (
     local_path,
     retyped,
     set_dotted,
-    stage_settings,
     validate,
 )
 
@@ -69,11 +74,19 @@ def local_source(wildcards):
     return [str(path)] if path.exists() else []  # else fetch says so in its own line
 
 # Outputs DVC wrote back (dvc commit --force, dvc pull) carry DVC's times, not the
-# pipeline's: where dvc.lock holds for every stage, line them up so that Snakemake,
-# which goes by times, sees what DVC's record says (steelflow/recorded.py).
+# pipeline's, and outputs DVC made (dvc repro) or checked out (dvc checkout) have
+# Snakemake records of an earlier run: where dvc.lock holds for every stage, line the
+# times up and drop those records, so that Snakemake sees what DVC's record says
+# (steelflow/recorded.py).
 if workflow.is_main_process:
-    for moved in align_times(Path.cwd()):
-        logger.info(f"{moved}: time set after its inputs', as dvc.lock records it")
+    HERE = Path.cwd()
+    IN_LOCK = vouched(HERE)
+    for moved in align_times(HERE, IN_LOCK):
+        logger.info(f"{moved.relative_to(HERE)}: time set after its inputs', as dvc.lock records it")
+    for made in forget_overruled(HERE, IN_LOCK, config):
+        logger.info(
+            f"{made.relative_to(HERE)}: made by DVC as it would be now; Snakemake's record dropped"
+        )
     # After `dvc pull` Snakemake has no params of its own to compare: there the record DVC
     # pulled with a stage's outputs (results/stages/STAGE.yaml) says what they were made
     # with. Each stage has an input, STAGE.rerun, whose time says whether that record is
@@ -105,11 +118,11 @@ else:
     )
 shell.prefix(SHELL_PREFIX.replace("{", "{{").replace("}", "}}"))
 
-# What reruns a rule: besides its inputs, the settings it reads (stage_settings) and
-# the fingerprint of the code its command runs (steelflow.code.fingerprint), both
-# params, and where Snakemake has no params of its own (after `dvc pull`) the time of
-# its rerun marker (above). A comment, docstring or help text changes no fingerprint,
-# so it reruns nothing; dvc.yaml's stages depend on the same two, written by the config
+# What reruns a rule: besides its inputs, the settings it reads and the fingerprint
+# of the code its command runs (steelflow.code.fingerprint), both params (rule_params),
+# and where Snakemake has no params of its own (after `dvc pull`) the time of its rerun
+# marker (above). A comment, docstring or help text changes no fingerprint, so it
+# reruns nothing; dvc.yaml's stages depend on the same two, written by the config
 # stage to results/stages/STAGE.yaml.
 
 def rerun_marker(stage):
@@ -131,11 +144,6 @@ localrules:
 STAGE_FILES = expand(
     "results/stages/{stage}.yaml", stage=[s for s in STAGE_SECTIONS if s != "config"]
 )
-
-
-def stage_fingerprints():
-    """The code fingerprint of every stage, as the config rule records them."""
-    return {stage: fingerprint(stage_command(stage)) for stage in STAGE_SECTIONS}
 
 
 def fold_models(network):

@@ -9,8 +9,7 @@ rule config:
         stages=STAGE_FILES,
     params:
         config=CONFIG,
-        settings=stage_settings(config, "config"),
-        code=stage_fingerprints(),
+        **rule_params(config, "config"),
     log:
         "logs/config.log",
     conda:
@@ -28,8 +27,7 @@ rule fetch:
         directory("resources/raw"),
     params:
         config=CONFIG,
-        settings=stage_settings(config, "fetch"),
-        code=fingerprint("fetch"),
+        **rule_params(config, "fetch"),
     log:
         "logs/fetch.log",
     benchmark:
@@ -48,7 +46,7 @@ rule masks:
     output:
         directory("results/masks"),
     params:
-        code=fingerprint("masks"),
+        **rule_params(config, "masks"),
     log:
         "logs/masks.log",
     benchmark:
@@ -72,8 +70,7 @@ rule eda:
         examples=report("results/eda/examples.png", caption="../report/examples.rst", category="Data"),
     params:
         config=CONFIG,
-        settings=stage_settings(config, "eda"),
-        code=fingerprint("eda"),
+        **rule_params(config, "eda"),
     log:
         "logs/eda.log",
     benchmark:
@@ -95,8 +92,7 @@ rule split:
         "results/split.csv",
     params:
         config=CONFIG,
-        settings=stage_settings(config, "split"),
-        code=fingerprint("split"),
+        **rule_params(config, "split"),
     log:
         "logs/split.log",
     benchmark:

@@ -26,8 +26,7 @@ rule train_classifier:
         ),
     params:
         config=CONFIG,
-        settings=stage_settings(config, "train_classifier"),
-        code=fingerprint("train"),
+        **rule_params(config, "train_classifier"),
         start=lambda wildcards, input: f"--start {input.start} " if input.start else "",
     log:
         "logs/train_classifier_f{fold}.log",
@@ -63,8 +62,7 @@ rule train_unet:
         ),
     params:
         config=CONFIG,
-        settings=stage_settings(config, "train_unet"),
-        code=fingerprint("train"),
+        **rule_params(config, "train_unet"),
     log:
         "logs/train_unet_f{fold}.log",
     benchmark:

@@ -15,8 +15,7 @@ rule tune:
         figure=report("results/thresholds.png", caption="../report/tune.rst", category="Tuning"),
     params:
         config=CONFIG,
-        settings=stage_settings(config, "tune"),
-        code=fingerprint("tune"),
+        **rule_params(config, "tune"),
     log:
         "logs/tune.log",
     benchmark:
@@ -44,8 +43,7 @@ rule submit:
         "submission.csv",
     params:
         config=CONFIG,
-        settings=stage_settings(config, "submit"),
-        code=fingerprint("submit"),
+        **rule_params(config, "submit"),
     log:
         "logs/submit.log",
     benchmark:
@@ -72,8 +70,7 @@ rule bundle:
         directory("dist/kaggle"),
     params:
         config=CONFIG,
-        settings=stage_settings(config, "bundle"),
-        code=fingerprint("bundle"),
+        **rule_params(config, "bundle"),
     log:
         "logs/bundle.log",
     benchmark:
@@ -95,7 +92,7 @@ rule score:
         metrics="results/metrics.json",
         figure=report("results/predictions.png", caption="../report/predictions.rst", category="Results"),
     params:
-        code=fingerprint("score"),
+        **rule_params(config, "score"),
     log:
         "logs/score.log",
     benchmark:

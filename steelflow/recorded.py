@@ -13,10 +13,10 @@ large to checksum, and would redo that work. And where DVC made an output after
 Snakemake did (``dvc repro``, or ``dvc checkout`` of another experiment), Snakemake's
 record of it holds the params of its own last run and would redo that work too. Where
 dvc.lock vouches for the whole pipeline (``dvc status``: up to date), the times are
-lined up in pipeline order, and Snakemake's record of an output is dropped where it
-differs from what the stage's record says it was made with, which is what Snakemake
-would make it with now; where anything changed, both are left alone and Snakemake
-decides as always.
+lined up in pipeline order, and, where DVC's config stage wrote the stage records,
+Snakemake's record of an output is dropped where it differs from what the stage's
+record says it was made with, which is what Snakemake would make it with now; where
+anything changed, both are left alone and Snakemake decides as always.
 """
 
 from __future__ import annotations
@@ -131,9 +131,14 @@ def vouched(root: Path, records: str = "results/stages") -> list[Stage]:
     inputs of each stage, are not Snakemake's and are not counted as inputs."""
     if not (root / "dvc.lock").is_file():
         return []
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
+    try:
+        repo = Repo(str(root))
+    except DvcException:  # dvc.lock without its DVC or git repository (an exported copy)
+        return []
+    with repo:
         if repo.status():
             return []
         graph = repo.index.graph  # an edge runs from a stage to one it depends on
@@ -178,24 +183,39 @@ def snakemake_record(root: Path, output: Path) -> Path:
     return root / SNAKEMAKE_RECORDS / Path(*[f"@{p}" for p in parts[:-1]], parts[-1])
 
 
+def _snakemake_params(root: Path, output: Path) -> list[str] | None:
+    """The params Snakemake recorded for ``output`` (the sorted reprs of their values);
+    None where it has no record (or one being written, which Snakemake ignores too)."""
+    try:
+        return json.loads(snakemake_record(root, output).read_text()).get("params")
+    except (OSError, ValueError):
+        return None
+
+
 def forget_overruled(root: Path, stages: list[Stage], config: dict) -> list[Path]:
-    """Drop Snakemake's record of each output of ``stages`` whose params (Snakemake keeps
-    them as the sorted reprs of their values) differ from the rule's params now, where
-    the stage's own record says it was made as it would be now (``stale``: no), as
-    ``snakemake --cleanup-metadata`` would. Returns the outputs whose record went."""
+    """Drop Snakemake's record of each output of ``stages`` whose params differ from the
+    rule's params now, where the stage's own record says it was made as it would be now
+    (``stale``: no), as ``snakemake --cleanup-metadata`` would; only where DVC's config
+    stage wrote those records (Snakemake's record of them is of other params, or there
+    is none): where Snakemake's config rule wrote them, its records of the outputs are
+    the newer word. Returns the outputs whose record went."""
+    from steelflow.config import STAGE_SECTIONS
+
+    def params_now(name: str) -> list[str]:
+        return sorted(repr(value) for value in rule_params(config, name).values())
+
+    ours = [stage for stage in stages if stage.name.partition("@")[0] in STAGE_SECTIONS]
+    records = [out for stage in ours if stage.name == "config" for out in stage.outs]
+    if any(_snakemake_params(root, out) == params_now("config") for out in records):
+        return []
     dropped = []
-    for stage in stages:
+    for stage in ours:
         name = stage.name.partition("@")[0]
         if stale(config, name, root / RECORDS):
             continue
-        now = sorted(repr(value) for value in rule_params(config, name).values())
         for out in stage.outs:
-            path = snakemake_record(root, out)
-            try:
-                params = json.loads(path.read_text()).get("params")
-            except (OSError, ValueError):
-                continue  # none, or being written: Snakemake ignores it too
-            if params is not None and params != now:
-                path.unlink()
+            params = _snakemake_params(root, out)
+            if params is not None and params != params_now(name):
+                snakemake_record(root, out).unlink()
                 dropped.append(out)
     return dropped

@@ -21,6 +21,8 @@ import torch
 import yaml
 
 from steelflow import synthetic
+from steelflow.config import load
+from steelflow.recorded import Stage, forget_overruled, snakemake_record, vouched
 from tests.conftest import ROOT, TEST_CONFIG, fetch_synthetic
 
 BIN = Path(sys.executable).parent
@@ -300,15 +302,41 @@ def test_snakemake_run_then_dvc_commit_push_and_pull_into_a_fresh_clone(project,
     snakemake("--cores", "2", cwd=clone)
     assert "Nothing to be done" in snakemake("--dry-run", cwd=clone).stdout
 
-    # in the first project DVC remakes what a setting changes: Snakemake, whose own
-    # records are of its earlier run, takes dvc.lock's word for it and redoes nothing
-    config = yaml.safe_load((project / "config.yaml").read_text())
-    config["tune"]["min_gain"] += 0.01
-    (project / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    # Back in the first project, Snakemake retunes for a new setting and rewrites the
+    # stage records (its config rule), not the bundle; dvc commit --force records that
+    # as it is. Snakemake's own record of the bundle, of the old setting, still counts.
+    def more_gain():
+        config = yaml.safe_load((project / "config.yaml").read_text())
+        config["tune"]["min_gain"] += 0.01
+        (project / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    more_gain()
+    snakemake("--cores", "2", "results/thresholds.json", "results/config.yaml", cwd=project)
+    dvc("commit", "--force", cwd=project)
+    assert "rule bundle:" in snakemake("--dry-run", cwd=project).stdout
+    # DVC remakes what a setting changes: Snakemake, whose own records are of its
+    # earlier runs, takes dvc.lock's word for it and redoes nothing
+    more_gain()
     assert "Running stage 'tune'" in dvc("repro", cwd=project).stdout
     after = snakemake("--dry-run", cwd=project)
     assert "Nothing to be done" in after.stdout, after.stdout + after.stderr
     assert "results/thresholds.json: made by DVC as it would be now" in after.stdout
+    models = project / "models/unet_f0.pt"  # DVC did not remake it: Snakemake's record stays
+    assert json.loads(snakemake_record(project, models).read_text())["rule"] == "train_unet"
+
+
+def test_a_stage_of_another_tool_or_a_copy_without_its_repository_is_left_alone(tmp_path):
+    """Snakemake reads DVC's records where they vouch for steelflow's stages alone: a
+    stage of the user's own (``dvc add notes.txt``) is none of its business, and a
+    dvc.lock without its DVC and git repositories (an exported copy) vouches for nothing."""
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    assert vouched(tmp_path) == []
+    record = snakemake_record(tmp_path, tmp_path / "notes.txt")
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"params": ["'other'"]}))
+    notes = Stage("notes.txt.dvc", [tmp_path / "notes.txt"], [])
+    assert forget_overruled(tmp_path, [notes], load(TEST_CONFIG)) == []
+    assert record.is_file()
 
 
 def test_dvc_repro_and_experiments_run_the_same_stages(project, tmp_path):

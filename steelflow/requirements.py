@@ -46,8 +46,8 @@ class Need:
 
 
 NEEDS = (
-    Need("torch", "2.4", ("torch",), "PyTorch"),
-    Need("torchvision", "0.19", ("torchvision",)),
+    Need("torch", "2.6", ("torch",), "PyTorch"),
+    Need("torchvision", "0.21", ("torchvision",)),  # deepcopy of a feature extractor (EMA)
     Need("numpy", "2.0", ("numpy",)),  # np.bitwise_count
     Need("pandas", "2.2.2", ("pandas",)),
     Need("numba", "0.60", ("numba",)),

@@ -101,11 +101,11 @@ def test_the_runtime_table_and_pyproject_declare_the_same_minimums():
 
 def test_the_oldest_set_pins_every_declared_minimum():
     """constraints-oldest.txt (the set scripts/oldest.sh tests) holds each of steelflow's
-    own dependencies but torch and torchvision at the minimum pyproject.toml declares."""
+    own dependencies at the minimum pyproject.toml declares."""
     lines = (ROOT / "constraints-oldest.txt").read_text().splitlines()
     pins = {normalise(r.name): r for r in (Requirement(ln) for ln in lines if ln[:1].isalpha())}
     wanted = declared("opencv")
-    assert set(pins) == set(wanted) - {"torch", "torchvision"}
+    assert set(pins) == set(wanted)
     for name, pin in pins.items():
         (pinned,) = [Version(s.version) for s in pin.specifier if s.operator == "=="]
         (minimum,) = [Version(s.version) for s in wanted[name].specifier if s.operator == ">="]

@@ -530,6 +530,25 @@ def test_a_newer_local_zip_fetches_again_and_a_new_seed_does_not(project, tmp_pa
     assert planned() == {"fetch"}
 
 
+@pytest.mark.parametrize(
+    ("offered", "threads"),
+    [
+        ([], 9),  # one GPU job at a time: its 8 loader workers and itself
+        (["--resources", "gpu=4"], 4),  # four fold jobs side by side on 16 cores
+        (["--resources", "gpu=4", "--config", "train={nproc_per_node: 2}"], 8),  # two
+        (["--resources", "gpu=1"], 9),
+    ],
+)
+def test_gpu_training_jobs_fit_side_by_side_in_the_cores(offered, threads):
+    """configs/kaggle.yaml's training jobs each ask for their loader workers' cores, but
+    no more than the cores' share of each job that the GPUs let run at once."""
+    out = snakemake(
+        "--dry-run", "--cores", "16", "--configfile", "configs/kaggle.yaml", *offered
+    ).stdout
+    jobs = re.findall(r"^rule train_\w+:\n(?:    .*\n)*?    threads: (\d+)", out, re.MULTILINE)
+    assert len(jobs) == 10 and set(jobs) == {str(threads)}
+
+
 def test_a_partial_configfile_alone_reaches_the_stages_layered_over_config_yaml():
     section = "unet={class_weights: [3, 2, 1, 1], lr: 1e-4}"
     stages = snakemake_stages("--configfile", "configs/kaggle.yaml", "--config", "seed=7", section)

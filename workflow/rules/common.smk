@@ -153,11 +153,17 @@ def fold_models(network):
 
 def train_threads():
     """Cores of a training job: all of them on a CPU; on GPUs each process's loader
-    workers and itself (train.nproc_per_node processes), so that fold jobs run side by
-    side, as many as --resources gpu=N allows."""
-    if config["train"]["device"] == "cuda":
-        return config["train"]["nproc_per_node"] * (config["machine"]["workers"] + 1)
-    return workflow.cores
+    workers and itself (train.nproc_per_node processes), at most the cores' share of
+    each of the jobs that --resources gpu=N runs at once, so that fold jobs run side by
+    side, as many as the GPUs allow."""
+    if config["train"]["device"] != "cuda":
+        return workflow.cores
+    per_job = config["train"]["nproc_per_node"]
+    wanted = per_job * (config["machine"]["workers"] + 1)
+    gpus = workflow.global_resources.get("gpu")
+    if not gpus:
+        return wanted
+    return max(1, min(wanted, workflow.cores // max(1, gpus // per_job)))
 
 
 def train_disk_mb(network):

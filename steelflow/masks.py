@@ -100,6 +100,14 @@ class MaskCache:
             ) from None
         self._rows = dict(zip(self.index.index, self.index[SLOTS].to_numpy(), strict=True))
 
+    def __getstate__(self) -> dict:
+        """Pickled (to a loader worker started by spawn or forkserver) without the bits:
+        the worker maps the file again rather than holding a copy of every mask."""
+        return {k: v for k, v in self.__dict__.items() if k != "bits"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__ = state | {"bits": np.load(state["folder"] / "bits.npy", mmap_mode="r")}
+
     @property
     def image_ids(self) -> list[str]:
         return self.index.index.tolist()

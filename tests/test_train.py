@@ -105,6 +105,7 @@ def test_images_are_decoded_once_and_every_loader_worker_maps_them(data, tmp_pat
     for image in ids:
         assert np.array_equal(decoded[image], at_scale(read_gray(images / image), 0.5))
     assert len(pickle.dumps(decoded)) < 10_000  # a worker gets the file's path, not pixels
+    assert len(pickle.dumps(cache)) < cache.bits.nbytes / 10  # and the masks' folder
     augment = {"hflip": True, "vflip": True, "brightness": 0.1, "contrast": 0.1}
     samples = SteelDataset(decoded, cache, ids, crop_width=96, augment=augment, seed=3)
     order = EpochSampler(SequentialSampler(samples))

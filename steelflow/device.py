@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from contextlib import nullcontext
 from functools import cache
 from pathlib import Path
@@ -27,11 +28,11 @@ def pick_device(name: str) -> torch.device:
             name = "mps"
         else:
             name = "cpu"
+            if unusable := unusable_gpus():
+                log.warning("%s; running on the CPU", unusable)
     elif name == "cuda" and not torch.cuda.is_available():
-        raise SteelflowError(
-            f"train.device: cuda, but torch {torch.__version__} finds no CUDA GPU here; "
-            "expected auto or cpu on this machine"
-        )
+        why = unusable_gpus() or f"torch {torch.__version__} finds no CUDA GPU here"
+        raise SteelflowError(f"train.device: cuda, but {why}; expected auto or cpu here")
     elif name == "mps" and not torch.backends.mps.is_available():
         raise SteelflowError("train.device: mps, but there is no MPS device here; expected auto")
     if name == "cuda" and dist.is_initialized():
@@ -41,6 +42,27 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda":
         check_kernels(device)
     return device
+
+
+def unusable_gpus() -> str:
+    """Why the GPUs ``nvidia-smi`` lists are of no use to this torch, which finds none:
+    a torch built without CUDA, or for a newer CUDA than the driver runs; '' where it
+    lists none."""
+    from steelflow.gpus import nvidia_smi
+
+    listed = len(re.findall(r"^GPU \d+:", nvidia_smi("-L"), re.MULTILINE))
+    if not listed:
+        return ""
+    found = f"nvidia-smi lists {listed} GPU(s), which torch {torch.__version__}"
+    if torch.version.cuda is None:
+        return f"{found}, built without CUDA, cannot use: install a CUDA build of torch"
+    driver = re.search(r"CUDA Version: ([\d.]+)", nvidia_smi())
+    runs = f"CUDA {driver[1]} at most" if driver else "an older CUDA"
+    return (
+        f"{found}, built for CUDA {torch.version.cuda}, cannot use: their driver runs "
+        f"{runs}; install a torch built for that CUDA (PyTorch's install page has one per "
+        "CUDA version) or a newer NVIDIA driver"
+    )
 
 
 @cache

@@ -41,14 +41,20 @@ def gpu_pool() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [i.strip() for i in visible.split(",") if i.strip()]
-    try:
-        listed = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):  # no NVIDIA driver
-        return []
-    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA numbers the GPUs as nvidia-smi does
+    listed = nvidia_smi("-L")
+    if listed:
+        os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA numbers them as nvidia-smi does
     return [str(i) for i, _ in enumerate(re.findall(r"^GPU \d+:", listed, re.MULTILINE))]
+
+
+def nvidia_smi(*args: str) -> str:
+    """What ``nvidia-smi ARGS`` prints; '' where it cannot run (no NVIDIA driver)."""
+    try:
+        return subprocess.run(
+            ["nvidia-smi", *args], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def gpu_lock_folder() -> Path:

@@ -14,7 +14,8 @@ import torch
 
 from steelflow import device, gpus
 from steelflow.config import load
-from steelflow.device import pick_precision
+from steelflow.device import pick_device, pick_precision
+from steelflow.errors import SteelflowError
 from steelflow.gpus import GpuError, claimed_gpus, gpu_pool, lock_gpus, unlock
 from steelflow.tasks import UNetTask
 from steelflow.train import Step, loss_scaler
@@ -122,6 +123,37 @@ def test_the_pool_is_cuda_visible_devices_else_what_nvidia_smi_lists(tmp_path, m
     )
     smi.chmod(0o755)
     assert gpu_pool() == ["0", "1"]
+
+
+def test_gpus_this_torch_cannot_use_are_named_with_what_their_driver_runs(
+    tmp_path, monkeypatch, caplog
+):
+    """nvidia-smi lists GPUs that CUDA does not find, as under a driver older than the
+    CUDA torch is built for: train.device cuda says so in one line, auto warns and runs
+    on the CPU (nvidia-smi stands in for a driver this machine lacks)."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(
+        '#!/bin/sh\nif [ "$1" = -L ]; then\n'
+        "echo 'GPU 0: NVIDIA A100 (UUID: GPU-a)'\necho 'GPU 1: NVIDIA A100 (UUID: GPU-b)'\n"
+        "else echo '| NVIDIA-SMI 535.183.01  Driver Version: 535.183.01  CUDA Version: 12.2 |'\n"
+        "fi\n"
+    )
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    driver = r"nvidia-smi lists 2 GPU\(s\), which torch \S+, built for CUDA 13.0, cannot use: "
+    with pytest.raises(SteelflowError, match=driver + "their driver runs CUDA 12.2 at most"):
+        pick_device("cuda")
+    caplog.set_level("WARNING")
+    assert pick_device("auto") == torch.device("cpu")
+    assert "their driver runs CUDA 12.2 at most; install a torch built for that CUDA" in caplog.text
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(SteelflowError, match="built without CUDA, cannot use"):
+        pick_device("cuda")
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))  # no driver: as before
+    with pytest.raises(SteelflowError, match="finds no CUDA GPU here; expected auto or cpu"):
+        pick_device("cuda")
 
 
 def test_jobs_side_by_side_get_gpus_of_their_own(locks):

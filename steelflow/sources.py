@@ -146,7 +146,19 @@ def _kaggle_api():
         if error is None:
             raise
         raise error from None
+    _warn_if_shared(api)
     return api
+
+
+def _warn_if_shared(api) -> None:
+    """Warn of a credentials file that other users of this machine can read, as the
+    client does in what ``_kaggle_api`` keeps off the screen."""
+    folder = Path.home() / ".kaggle"
+    files = {Path(getattr(api, "config", "") or folder / "kaggle.json")}
+    files |= {folder / name for name in ("access_token", "access_token.txt", "credentials.json")}
+    for path in sorted(files):
+        if path.is_file() and path.stat().st_mode & 0o077:
+            log.warning("%s can be read by other users of this machine: chmod 600 %s", path, path)
 
 
 def _check_legacy_file(path: Path) -> None:

@@ -180,6 +180,25 @@ def test_credentials_from_each_place_are_accepted(
     assert auth == ["basic" if place == "kaggle.json" else "bearer"]
 
 
+@pytest.mark.parametrize("place", ["access_token", "kaggle.json"])
+def test_a_credentials_file_others_can_read_is_named_with_the_fix(
+    place, kaggle, home, monkeypatch, tmp_path, capsys, caplog
+):
+    give(place, home, monkeypatch)
+    shared = home / ".kaggle" / place
+    shared.chmod(0o644)
+    caplog.set_level(logging.WARNING, logger="steelflow.sources")
+    code, lines = fetch(tmp_path / "raw", capsys)
+    assert code == 0, lines
+    assert f"{shared} can be read by other users of this machine: chmod 600 {shared}" in (
+        caplog.messages
+    )
+    shared.chmod(0o600)
+    caplog.clear()
+    assert fetch(tmp_path / "again", capsys)[0] == 0
+    assert not [m for m in caplog.messages if "other users" in m]
+
+
 @pytest.mark.parametrize("place", PLACES)
 def test_refused_credentials_are_one_line(place, kaggle, home, monkeypatch, tmp_path, capsys):
     give(place, home, monkeypatch, secret="KGAT_revoked00000000000000000000")

@@ -38,8 +38,10 @@ def _load(args: argparse.Namespace) -> dict:
     from steelflow.config import load
 
     config = load(args.config or ["config.yaml"], dict(args.overrides))
-    if "DVC_STAGE" in os.environ:  # a stage of dvc.yaml, run by DVC
-        _check_dvc_folds(config["train"]["folds"], Path(os.environ.get("DVC_ROOT", ".")))
+    # a stage of dvc.yaml, run by DVC in dvc.yaml's folder (not DVC_ROOT, which
+    # dvc exp run --temp and --queue point at the workspace the experiment came from)
+    if "DVC_STAGE" in os.environ:
+        _check_dvc_folds(config["train"]["folds"], Path.cwd())
     if config["machine"]["threads"]:
         torch.set_num_threads(config["machine"]["threads"])
     return config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from steelflow import cli
 from steelflow.errors import SteelflowError
@@ -56,3 +57,22 @@ def test_a_fold_outside_the_split_is_one_line_before_any_work(tmp_path, capsys, 
         == f"steelflow train: error: --fold {fold}: expected a fold from 0 to split.folds - 1 (4)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dvc_stages_compare_the_folds_with_their_own_config_yaml(tmp_path, monkeypatch, capsys):
+    """A stage DVC runs checks train.folds against the config.yaml beside its dvc.yaml:
+    an experiment in a temporary folder (dvc exp run --temp or --queue, which set
+    DVC_ROOT to the workspace it came from) has its own, with its -S changes."""
+    experiment, workspace = tmp_path / "experiment", tmp_path / "workspace"
+    config = yaml.safe_load(TEST_CONFIG.read_text())
+    for folder, folds in ((experiment, [0, 1]), (workspace, [0])):
+        folder.mkdir()
+        config.setdefault("train", {})["folds"] = folds
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("DVC_STAGE", "config")
+    monkeypatch.setenv("DVC_ROOT", str(workspace))
+    monkeypatch.chdir(experiment)
+    assert cli.main(["config", "--config", "config.yaml"]) == 0
+    monkeypatch.chdir(workspace)
+    assert cli.main(["config", "--config", "config.yaml", "--set", "train.folds=[0,1]"]) == 1
+    assert "dvc.yaml trains config.yaml's folds [0]" in capsys.readouterr().err

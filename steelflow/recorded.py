@@ -11,12 +11,13 @@ U-Net checkpoint can end up newer than the classifier trained from it. Snakemake
 by file times where it has no record of its own (a fresh clone) or the file is too
 large to checksum, and would redo that work. And where DVC made an output after
 Snakemake did (``dvc repro``, or ``dvc checkout`` of another experiment), Snakemake's
-record of it holds the params of its own last run and would redo that work too. Where
-dvc.lock vouches for the whole pipeline (``dvc status``: up to date), the times are
-lined up in pipeline order, and, where DVC's config stage wrote the stage records,
+record of it holds the params of its own last run and would redo that work too. The
+outputs of each stage that dvc.lock holds for are lined up after its inputs, in
+pipeline order (after a partial ``dvc pull`` too). Where it holds for the whole
+pipeline (``dvc status``: up to date) and DVC's config stage wrote the stage records,
 Snakemake's record of an output is dropped where it differs from what the stage's
-record says it was made with, which is what Snakemake would make it with now; where
-anything changed, both are left alone and Snakemake decides as always.
+record says it was made with, which is what Snakemake would make it with now;
+elsewhere Snakemake decides as always.
 """
 
 from __future__ import annotations
@@ -102,12 +103,13 @@ def benchmark_file(stage: str) -> Path:
 
 @dataclass
 class Stage:
-    """A dvc.yaml stage as dvc.lock records it: its name (train_unet@0), its outputs,
-    and the outputs of other stages that it reads."""
+    """A dvc.yaml stage: its name (train_unet@0), its outputs, the outputs of other
+    stages that it reads, and whether dvc.lock holds for it (``dvc status``: unchanged)."""
 
     name: str
     outs: list[Path]
     inputs: list[Path]
+    in_lock: bool = True
 
 
 def _dependencies_first(graph) -> list:
@@ -125,10 +127,10 @@ def _dependencies_first(graph) -> list:
     return order
 
 
-def vouched(root: Path, records: str = "results/stages") -> list[Stage]:
-    """The stages of dvc.yaml in ``root`` in pipeline order, where dvc.lock holds for
-    every one of them (``dvc status``: up to date); else none. ``records``, DVC's own
-    inputs of each stage, are not Snakemake's and are not counted as inputs."""
+def locked_stages(root: Path, records: str = "results/stages") -> list[Stage]:
+    """The stages of dvc.yaml in ``root`` in pipeline order, each with whether dvc.lock
+    holds for it; none without dvc.lock. ``records``, DVC's own inputs of each stage, are
+    not Snakemake's and are not counted as inputs."""
     if not (root / "dvc.lock").is_file():
         return []
     from dvc.exceptions import DvcException
@@ -139,8 +141,7 @@ def vouched(root: Path, records: str = "results/stages") -> list[Stage]:
     except DvcException:  # dvc.lock without its DVC or git repository (an exported copy)
         return []
     with repo:
-        if repo.status():
-            return []
+        changed = repo.status()
         graph = repo.index.graph  # an edge runs from a stage to one it depends on
         stages = []
         for stage in _dependencies_first(graph):
@@ -153,17 +154,19 @@ def vouched(root: Path, records: str = "results/stages") -> list[Stage]:
                 and not path.is_relative_to(root / records)
             ]
             outs = [root / o.def_path for o in stage.outs]
-            stages.append(Stage(stage.addressing, outs, inputs))
+            stages.append(Stage(stage.addressing, outs, inputs, stage.addressing not in changed))
     return stages
 
 
 def align_times(root: Path, stages: list[Stage]) -> list[Path]:
-    """Make each of ``stages``' outputs in ``root`` (and its Snakemake benchmark file) no
-    older than the outputs of other stages it reads, stage by stage in pipeline order.
-    Returns the outputs whose time moved."""
+    """Make the outputs in ``root`` of each of ``stages`` that dvc.lock holds for (and its
+    Snakemake benchmark file) no older than the outputs of other stages it reads, stage by
+    stage in pipeline order: dvc.lock vouches that they were made from those very inputs,
+    whatever the other stages' state (a partial ``dvc pull``). Returns the outputs whose
+    time moved."""
     moved = []
     for stage in stages:
-        if not stage.inputs or not all(out.exists() for out in stage.outs):
+        if not stage.in_lock or not stage.inputs:
             continue
         benchmark = root / benchmark_file(stage.name)
         newest = max(_mtime_ns(path) for path in stage.inputs)
@@ -193,17 +196,20 @@ def _snakemake_params(root: Path, output: Path) -> list[str] | None:
 
 
 def forget_overruled(root: Path, stages: list[Stage], config: dict) -> list[Path]:
-    """Drop Snakemake's record of each output of ``stages`` whose params differ from the
-    rule's params now, where the stage's own record says it was made as it would be now
-    (``stale``: no), as ``snakemake --cleanup-metadata`` would; only where DVC's config
-    stage wrote those records (Snakemake's record of them is of other params, or there
-    is none): where Snakemake's config rule wrote them, its records of the outputs are
-    the newer word. Returns the outputs whose record went."""
+    """Where dvc.lock holds for every one of ``stages``, drop Snakemake's record of each
+    of their outputs whose params differ from the rule's params now, where the stage's
+    own record says it was made as it would be now (``stale``: no), as ``snakemake
+    --cleanup-metadata`` would; only where DVC's config stage wrote those records
+    (Snakemake's record of them is of other params, or there is none): where
+    Snakemake's config rule wrote them, its records of the outputs are the newer word.
+    Returns the outputs whose record went."""
     from steelflow.config import STAGE_SECTIONS
 
     def params_now(name: str) -> list[str]:
         return sorted(repr(value) for value in rule_params(config, name).values())
 
+    if not all(stage.in_lock for stage in stages):
+        return []  # where anything changed, Snakemake decides as always
     ours = [stage for stage in stages if stage.name.partition("@")[0] in STAGE_SECTIONS]
     records = [out for stage in ours if stage.name == "config" for out in stage.outs]
     if any(_snakemake_params(root, out) == params_now("config") for out in records):

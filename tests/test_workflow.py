@@ -22,7 +22,7 @@ import yaml
 
 from steelflow import synthetic
 from steelflow.config import load
-from steelflow.recorded import Stage, forget_overruled, snakemake_record, vouched
+from steelflow.recorded import Stage, forget_overruled, locked_stages, snakemake_record
 from tests.conftest import ROOT, TEST_CONFIG, fetch_synthetic
 
 BIN = Path(sys.executable).parent
@@ -291,6 +291,15 @@ def test_snakemake_run_then_dvc_commit_push_and_pull_into_a_fresh_clone(project,
     assert "Running stage" not in dvc("repro", cwd=clone).stdout
     pulled = snakemake("--dry-run", cwd=clone)  # no --touch: dvc.lock vouches for the files
     assert "Nothing to be done" in pulled.stdout, pulled.stdout + pulled.stderr
+    # another teammate pulls all but the EDA, and the split lands last: Snakemake redoes
+    # the EDA alone, not the training dvc.lock vouches for
+    partial = tmp_path / "partial"
+    git("clone", "-q", str(project), str(partial), cwd=tmp_path)
+    dvc("remote", "add", "--local", "-d", "shared", str(remote), cwd=partial)
+    dvc("pull", *(s for s in dvc_stages(partial) if s != "eda"), cwd=partial)
+    (partial / "results/split.csv").touch()
+    planned = snakemake("--dry-run", cwd=partial).stdout
+    assert set(re.findall(r"^rule (\w+):", planned, re.MULTILINE)) == {"eda", "all"}, planned
     # the teammate changes a tune setting: Snakemake, with no records of its own in the
     # clone, reruns tune and what reads its output, as dvc repro would, and no training
     config = yaml.safe_load((clone / "config.yaml").read_text())
@@ -330,7 +339,7 @@ def test_a_stage_of_another_tool_or_a_copy_without_its_repository_is_left_alone(
     stage of the user's own (``dvc add notes.txt``) is none of its business, and a
     dvc.lock without its DVC and git repositories (an exported copy) vouches for nothing."""
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
-    assert vouched(tmp_path) == []
+    assert locked_stages(tmp_path) == []
     record = snakemake_record(tmp_path, tmp_path / "notes.txt")
     record.parent.mkdir(parents=True)
     record.write_text(json.dumps({"params": ["'other'"]}))

@@ -15,7 +15,7 @@ from steelflow.recorded import (
     forget_overruled,
     rule_params,
     stale,
-    vouched,
+    locked_stages,
 )
 from steelflow.config import (
     STAGE_SECTIONS,
@@ -74,16 +74,16 @@ def local_source(wildcards):
     return [str(path)] if path.exists() else []  # else fetch says so in its own line
 
 # Outputs DVC wrote back (dvc commit --force, dvc pull) carry DVC's times, not the
-# pipeline's, and outputs DVC made (dvc repro) or checked out (dvc checkout) have
-# Snakemake records of an earlier run: where dvc.lock holds for every stage, line the
-# times up and drop those records, so that Snakemake sees what DVC's record says
+# pipeline's: line up those of each stage dvc.lock holds for. Outputs DVC made (dvc
+# repro) or checked out (dvc checkout) have Snakemake records of an earlier run: where
+# dvc.lock holds for every stage, drop them. So Snakemake sees what DVC's record says
 # (steelflow/recorded.py).
 if workflow.is_main_process:
     HERE = Path.cwd()
-    IN_LOCK = vouched(HERE)
-    for moved in align_times(HERE, IN_LOCK):
+    STAGES = locked_stages(HERE)
+    for moved in align_times(HERE, STAGES):
         logger.info(f"{moved.relative_to(HERE)}: time set after its inputs', as dvc.lock records it")
-    for made in forget_overruled(HERE, IN_LOCK, config):
+    for made in forget_overruled(HERE, STAGES, config):
         logger.info(
             f"{made.relative_to(HERE)}: made by DVC as it would be now; Snakemake's record dropped"
         )

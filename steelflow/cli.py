@@ -217,10 +217,32 @@ def _fold_models(args: argparse.Namespace, folds: list[int]) -> dict[str, dict[i
             f"--classifier {args.classifier} --unet {args.unet}: with train.folds {folds}, "
             "both need {fold} in the path, to find the models of each fold"
         )
-    return {
+    models = {
         network: {f: Path(getattr(args, network).replace("{fold}", str(f))) for f in folds}
         for network in ("classifier", "unet")
     }
+    if "DVC_STAGE" in os.environ:
+        _warn_of_strays(models, folds)
+    return models
+
+
+def _warn_of_strays(models: dict[str, dict[int, Path]], folds: list[int]) -> None:
+    """Name each file beside the models read (of other folds, or left by a killed
+    training): dvc.yaml's tune, submit and bundle depend on the whole folder, so dvc.lock
+    counts it, though no stage makes it and dvc push leaves it behind."""
+    given = [path for paths in models.values() for path in paths.values()]
+    read = {path.resolve() for path in given}
+    for folder in sorted({path.parent for path in given}):
+        for path in sorted(folder.iterdir()):
+            if path.resolve() not in read and not path.name.startswith("."):
+                logging.getLogger(__name__).warning(
+                    "%s: not a model of train.folds %s, yet dvc.lock counts it among this "
+                    "stage's inputs (the whole folder); a clone without it sees the stage "
+                    "changed: move it out of %s",
+                    path,
+                    folds,
+                    path.parent,
+                )
 
 
 def _inputs(args: argparse.Namespace) -> tuple[Path, ...]:

@@ -797,3 +797,33 @@ def test_prediction_threads_follow_the_cores_granted_not_the_machines():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_under_dvc_a_file_beside_the_models_is_named(project, tmp_path, monkeypatch, caplog):
+    """dvc.yaml's submit depends on the whole models folder: a checkpoint of another
+    fold there is counted by dvc.lock but never pushed, so DVC's stages name it."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("classifier", "unet"):
+        for fold in (0, 1):
+            shutil.copy(project / f"{name}_f{fold}.pt", models)
+    shutil.copy(project / "unet_f1.pt", models / "unet_f3.pt")  # of an earlier 5-fold run
+    (models / ".gitignore").write_text("/unet_f0.pt\n")  # DVC's own, in git
+    args = ["submit", "--config", str(TEST_CONFIG), *FOLDS, "--raw", str(project / "raw")]
+    args += ["--classifier", str(models / "classifier_f{fold}.pt")]
+    args += ["--unet", str(models / "unet_f{fold}.pt")]
+    args += ["--thresholds", str(project / "thresholds.json")]
+    caplog.set_level("WARNING", logger="steelflow.cli")
+    assert main([*args, "--out", str(tmp_path / "plain.csv")]) == 0
+    assert not caplog.messages  # Snakemake, or steelflow alone: none of its business
+    monkeypatch.setenv("DVC_STAGE", "submit")
+    monkeypatch.chdir(tmp_path)  # where DVC runs it: beside a config.yaml of these folds
+    (tmp_path / "config.yaml").write_text(
+        TEST_CONFIG.read_text().replace("folds: [0]", "folds: [0, 1]")
+    )
+    assert main([*args, "--out", str(tmp_path / "dvc.csv")]) == 0
+    assert caplog.messages == [
+        f"{models / 'unet_f3.pt'}: not a model of train.folds [0, 1], yet dvc.lock counts it "
+        "among this stage's inputs (the whole folder); a clone without it sees the stage "
+        f"changed: move it out of {models}"
+    ]

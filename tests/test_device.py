@@ -234,7 +234,9 @@ def test_the_claim_outlives_exec_into_torchrun(locks, monkeypatch, tmp_path):
         from steelflow.gpus import claimed_gpus
         with claimed_gpus({{"train": {{"device": "cuda", "nproc_per_node": 1}}}}):
             child = "import os, pathlib, time\\n" \\
-                "pathlib.Path({str(ready)!r}).write_text(os.environ['CUDA_VISIBLE_DEVICES'])\\n" \\
+                "seen = pathlib.Path({str(ready)!r} + '.tmp')\\n" \\
+                "seen.write_text(os.environ['CUDA_VISIBLE_DEVICES'])\\n" \\
+                "seen.rename({str(ready)!r})  # whole, never read half-written\\n" \\
                 "while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.05)"
             os.execv(sys.executable, [sys.executable, "-c", child])
         """

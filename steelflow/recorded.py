@@ -34,11 +34,10 @@ SNAKEMAKE_RECORDS = Path(".snakemake/metadata")  # Snakemake's record of each ou
 
 
 def record(config: dict, stage: str) -> dict:
-    """What ``stage`` is made with: its code's fingerprint and the settings it reads."""
-    from steelflow.code import fingerprint, stage_command
-    from steelflow.config import stage_settings
-
-    return {"code": fingerprint(stage_command(stage)), **stage_settings(config, stage)}
+    """What ``stage`` is made with: its code's fingerprint and the settings it reads (its
+    rule's params, ``rule_params``, as one mapping)."""
+    params = rule_params(config, stage)
+    return {"code": params["code"], **params.get("settings", {})}
 
 
 def rule_params(config: dict, stage: str) -> dict:

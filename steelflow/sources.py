@@ -32,6 +32,7 @@ from steelflow.masks import MaskError, decoded
 
 COMPETITION = "severstal-steel-defect-detection"
 RULES_URL = f"https://www.kaggle.com/competitions/{COMPETITION}/rules"
+TOKEN_FILES = ("access_token", "access_token.txt")  # in ~/.kaggle, where kagglesdk looks
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def _warn_if_shared(api) -> None:
     client does in what ``_kaggle_api`` keeps off the screen."""
     folder = Path.home() / ".kaggle"
     files = {Path(getattr(api, "config", "") or folder / "kaggle.json")}
-    files |= {folder / name for name in ("access_token", "access_token.txt", "credentials.json")}
+    files |= {folder / name for name in (*TOKEN_FILES, "credentials.json")}
     for path in sorted(files):
         if path.is_file() and path.stat().st_mode & 0o077:
             log.warning("%s can be read by other users of this machine: chmod 600 %s", path, path)
@@ -185,7 +186,7 @@ def _token_source() -> str | None:
     then ~/.kaggle/access_token or .txt); None where there is none."""
     if os.environ.get("KAGGLE_API_TOKEN"):
         return "KAGGLE_API_TOKEN"
-    for name in ("access_token", "access_token.txt"):
+    for name in TOKEN_FILES:
         if (Path.home() / ".kaggle" / name).is_file():
             return f"~/.kaggle/{name}"
     return None
@@ -288,7 +289,7 @@ def _redact(text: str) -> str:
     secrets = [os.environ.get(name, "") for name in ("KAGGLE_API_TOKEN", "KAGGLE_KEY")]
     with contextlib.suppress(OSError, ValueError):
         secrets.append(str(json.loads((folder / "kaggle.json").read_text()).get("key", "")))
-    for name in ("access_token", "access_token.txt"):
+    for name in TOKEN_FILES:
         with contextlib.suppress(OSError, ValueError):
             secrets.append((folder / name).read_text())
     for secret in {s.strip() for s in secrets if len(s.strip()) >= 8}:

@@ -13,9 +13,9 @@ from steelflow.recorded import (
     RECORDS,
     align_times,
     forget_overruled,
+    locked_stages,
     rule_params,
     stale,
-    locked_stages,
 )
 from steelflow.config import (
     STAGE_SECTIONS,
@@ -73,6 +73,12 @@ def local_source(wildcards):
     path = local_path(data["local_path"])
     return [str(path)] if path.exists() else []  # else fetch says so in its own line
 
+
+def rerun_marker(stage):
+    """The input whose time reruns ``stage`` where its record is stale (see below)."""
+    return str(RECORDS / f"{stage}.rerun")
+
+
 # Outputs DVC wrote back (dvc commit --force, dvc pull) carry DVC's times, not the
 # pipeline's: line up those of each stage dvc.lock holds for. Outputs DVC made (dvc
 # repro) or checked out (dvc checkout) have Snakemake records of an earlier run: where
@@ -94,7 +100,7 @@ if workflow.is_main_process:
     # records), else 1970, which reruns nothing; the set of inputs stays the same.
     RECORDS.mkdir(parents=True, exist_ok=True)
     for stage in STAGE_SECTIONS:
-        marker = RECORDS / f"{stage}.rerun"
+        marker = Path(rerun_marker(stage))
         marker.touch()
         if stale(config, stage):
             logger.info(f"{stage}: made otherwise than its record says (steelflow.recorded)")
@@ -124,11 +130,6 @@ shell.prefix(SHELL_PREFIX.replace("{", "{{").replace("}", "}}"))
 # marker (above). A comment, docstring or help text changes no fingerprint, so it
 # reruns nothing; dvc.yaml's stages depend on the same two, written by the config
 # stage to results/stages/STAGE.yaml.
-
-def rerun_marker(stage):
-    """The input whose time reruns ``stage`` where its record is stale (see above)."""
-    return str(RECORDS / f"{stage}.rerun")
-
 
 # Light rules run where Snakemake runs, not as cluster jobs (fetch also needs
 # the network, which compute nodes often lack).

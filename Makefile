@@ -19,6 +19,7 @@ run: $(STAMP)
 # pytest-xdist: a worker per core, at most 4 (each may train and run Snakemake with 2 cores)
 test: $(STAMP)
 	ruff check .
+	ruff format --check .
 	pytest -n auto --maxprocesses 4
 
 # docs/benchmarks.md (from benchmarks/results/*.json) and docs/settings.md (from the

@@ -330,9 +330,7 @@ def fit(
         progress = resume_state(
             last, checkpoint.best_path(outputs["out"]), parts, recipe, task, device
         )
-    step = Step(
-        distributed.wrap(model), task, optimizer, schedule, scaler, device, dtype, fmt, ema
-    )
+    step = Step(distributed.wrap(model), task, optimizer, schedule, scaler, device, dtype, fmt, ema)
 
     for epoch in range(progress.epoch, cfg["epochs"]):
         train_loss, seconds = train_one_epoch(step, train_loader, epoch)

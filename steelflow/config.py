@@ -133,6 +133,13 @@ def validate(config: dict[str, Any], schema: Path = SCHEMA) -> dict[str, Any]:
             f"invalid config: train.folds: expected folds below split.folds "
             f"({config['split']['folds']}), got {outside[0]}"
         )
+    data = config["data"]
+    if data["local_path"] and data["source"] != "local":
+        raise ConfigError(
+            f"invalid config: data.local_path is set ({data['local_path']}) but data.source is "
+            f"{data['source']!r}, which does not read it: set data.source: local, or remove "
+            "data.local_path"
+        )
     classifier, unet = config["classifier"], config["unet"]
     if classifier["pretrained"] == "unet" and classifier["arch"] != unet["arch"]:
         raise ConfigError(

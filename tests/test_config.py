@@ -239,11 +239,22 @@ def test_config_files_layer_as_snakemake_layers_them(base, overlay):
     ],
 )
 def test_fetch_reruns_for_what_its_source_reads_and_nothing_else(source, reruns):
-    base = load([ROOT / "config.yaml"], {"data.source": source, "data.local_path": "a.zip"})
-    changes = {"seed": 7, "data.synthetic.n_train": 9, "data.local_path": "b.zip"}
+    given = {"data.source": source} | ({"data.local_path": "a.zip"} if source == "local" else {})
+    base = load([ROOT / "config.yaml"], given)
+    changes = {"seed": 7, "data.synthetic.n_train": 9}
+    changes |= {"data.local_path": "b.zip"} if source == "local" else {}
     for key, value in changes.items():
-        changed = load(
-            [ROOT / "config.yaml"], {"data.source": source, "data.local_path": "a.zip", key: value}
-        )
+        changed = load([ROOT / "config.yaml"], {**given, key: value})
         differs = stage_settings(changed, "fetch") != stage_settings(base, "fetch")
         assert differs == (key in reruns), key
+
+
+@pytest.mark.parametrize("source", ["synthetic", "kaggle"])
+def test_a_local_path_under_another_source_is_refused_not_passed_over(source):
+    given = {"data.source": source, "data.local_path": "~/severstal.zip"}
+    with pytest.raises(
+        ConfigError,
+        match=rf"data.local_path is set \(~/severstal.zip\) but "
+        rf"data.source is '{source}', which does not read it: set data.source: local",
+    ):
+        load([ROOT / "config.yaml"], given)

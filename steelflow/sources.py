@@ -17,6 +17,7 @@ import re
 import shutil
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -44,6 +45,7 @@ class SourceError(SteelflowError):
 def fetch(data: dict, seed: int, out: Path, workers: int = 0) -> None:
     """Produce the Kaggle layout in ``out`` from the source ``data["source"]``, atomically;
     synthetic images are drawn by ``workers`` processes (0: one per CPU core)."""
+    label = str(out)  # what error messages name the files after: the source the user gave
     with atomic_dir(out, "fetch") as tmp:
         if data["source"] == "synthetic":
             cfg = data["synthetic"]
@@ -61,8 +63,9 @@ def fetch(data: dict, seed: int, out: Path, workers: int = 0) -> None:
         else:
             if not data.get("local_path"):
                 raise SourceError("data.source is 'local' but data.local_path is not set")
-            copy_local(local_path(data["local_path"]), tmp)
-        check_layout(tmp, label=str(data.get("local_path") or out))
+            folder = copy_local(local_path(data["local_path"]), tmp)
+            label = str(Path(data["local_path"], folder))
+        check_layout(tmp, label=label)
 
 
 def download_kaggle(out: Path) -> None:
@@ -300,28 +303,71 @@ def _redact(text: str) -> str:
 
 
 IMAGE_ZIPS = ("train_images.zip", "test_images.zip")  # how Kaggle once shipped the images
+PASSED_OVER = {"__MACOSX", ".DS_Store", "Thumbs.db"}  # what an archiver or a desktop adds
 
 
-def copy_local(source: Path, out: Path) -> None:
-    """Copy a local Kaggle zip or extracted folder into ``out``; in a folder, the image
-    folders may be zips of their own (``IMAGE_ZIPS``), and no other zip may lie beside."""
+def _lacks(names: set[str]) -> str | None:
+    """What of the competition's layout a source's top-level ``names`` lack (an image
+    folder may be its zip, ``IMAGE_ZIPS``), or None."""
+    for name in ("train.csv", "sample_submission.csv"):
+        if name not in names:
+            return name
+    for name in ("train_images", "test_images"):
+        if name not in names and f"{name}.zip" not in names:
+            return f"folder {name}/"
+    return None
+
+
+def layout_folder(children: Callable[[str], set[str]], label: str) -> str:
+    """Where in a source (``label``) the competition's files lie, checked before anything is
+    copied: '' at its top, or 'FOLDER/' where its one entry is a folder holding them (the
+    files zipped or downloaded with their folder). ``children(folder)`` names the entries
+    of a folder of the source ('' its top)."""
+    names = children("")
+    lacking = _lacks(names)
+    if lacking is None:
+        return ""
+    if len(others := names - PASSED_OVER) == 1:
+        folder = f"{others.pop()}/"
+        if _lacks(children(folder)) is None:
+            log.info("%s: the competition's files are in %s; reading them there", label, folder)
+            return folder
+    raise SourceError(
+        f"{label}: {lacking} is missing; expected the competition's zip or the folder it "
+        "extracts to (train.csv, sample_submission.csv, train_images/, test_images/)"
+    )
+
+
+def copy_local(source: Path, out: Path) -> str:
+    """Copy a local Kaggle zip or extracted folder into ``out``, once its layout is found
+    (``layout_folder``, whose answer it returns). In a folder the image folders may be
+    zips of their own (``IMAGE_ZIPS``) and the competition's zip, downloaded beside what
+    it extracted to, is passed over; any other zip is refused."""
     if not source.exists():
         raise SourceError(f"data.local_path {source} does not exist")
     if source.is_file():
-        extract_zip(source, out)
-        return
-    stray = [p.name for p in source.glob("*.zip") if p.name not in IMAGE_ZIPS]
+        return extract_zip(source, out, layout=True)
+
+    def children(inside: str) -> set[str]:
+        return set(os.listdir(source / inside)) if (source / inside).is_dir() else set()
+
+    folder = layout_folder(children, f"data.local_path {source}")
+    source = source / folder
+    own_zip = f"{COMPETITION}.zip"
+    stray = [p.name for p in source.glob("*.zip") if p.name not in (*IMAGE_ZIPS, own_zip)]
     if stray:
         raise SourceError(
             f"data.local_path {source}: holds {stray[0]}, which is not part of the "
             f"competition's layout (its zip goes in data.local_path itself; inside the "
             f"folder only {' or '.join(IMAGE_ZIPS)}): move it out, then run again"
         )
+    if (source / own_zip).is_file():
+        log.info("passing over %s: its files are extracted beside it", source / own_zip)
     try:
         for item in source.iterdir():  # copies, not links: outputs must not alias the user's
             if item.is_dir():
                 shutil.copytree(item, out / item.name)
-            else:
+            elif item.name != own_zip:
                 shutil.copy2(item, out / item.name)
     except shutil.Error as e:  # copytree gathers each file's error: (source, target, why)
         why = re.sub(r"^\[Errno \d+\] ([^:]+).*", r"\1", str(e.args[0][0][2]))
@@ -332,6 +378,7 @@ def copy_local(source: Path, out: Path) -> None:
         if (out / name).is_file():
             extract_zip(out / name, out, f"{source / name}")
             (out / name).unlink()
+    return folder
 
 
 def _unwritten(name: str, why) -> str:
@@ -342,24 +389,43 @@ def _unwritten(name: str, why) -> str:
     )
 
 
-def extract_zip(archive: Path, out: Path, name: str | None = None) -> None:
+def extract_zip(archive: Path, out: Path, name: str | None = None, layout: bool = False) -> str:
     """Extract ``archive`` (``name`` in messages) into ``out``, refusing any entry that would
-    land outside it. Zips inside (Kaggle shipped train_images.zip and the like) are
-    extracted too. A damaged archive or a full disk is one SourceError."""
+    land outside it; a backslash in an entry's name (a zip made on Windows) separates
+    folders. With ``layout``, only the folder of the competition's files is extracted
+    (``layout_folder``, checked before anything is), and returned. Zips inside (Kaggle
+    shipped train_images.zip and the like) are extracted too. A damaged archive or a full
+    disk is one SourceError."""
     name = name or str(archive)
     root = out.resolve()
+    folder = ""
     try:
         with zipfile.ZipFile(archive) as zf:
-            for entry in zf.infolist():
+            entries = zf.infolist()
+            for entry in entries:  # what it is extracted as; the header keeps its own name
+                entry.filename = entry.filename.replace("\\", "/")
                 target = (root / entry.filename).resolve()
                 if target != root and root not in target.parents:
                     raise SourceError(
-                        f"{name}: entry {entry.filename!r} would be extracted outside its folder"
+                        f"{name}: entry {entry.orig_filename!r} would be extracted outside its "
+                        "folder"
                     )
                 if (entry.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise SourceError(f"{name}: entry {entry.filename!r} is a symbolic link")
-            zf.extractall(root)
-            inner = [e.filename for e in zf.infolist() if e.filename.endswith(".zip")]
+                    raise SourceError(f"{name}: entry {entry.orig_filename!r} is a symbolic link")
+            if layout:
+                names = [entry.filename for entry in entries]
+
+                def children(inside: str) -> set[str]:
+                    below = (n.removeprefix(inside) for n in names if n.startswith(inside))
+                    return {n.split("/")[0] for n in below} - {""}
+
+                folder = layout_folder(children, name)
+                entries = [e for e in entries if e.filename.startswith(folder)]
+                for entry in entries:
+                    entry.filename = entry.filename.removeprefix(folder)
+                entries = [e for e in entries if e.filename]
+            zf.extractall(root, members=entries)
+            inner = [e.filename for e in entries if e.filename.endswith(".zip")]
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise SourceError(f"{name}: not a valid zip archive, or damaged ({e})") from None
     except OSError as e:
@@ -367,6 +433,7 @@ def extract_zip(archive: Path, out: Path, name: str | None = None) -> None:
     for entry in inner:
         extract_zip(root / entry, (root / entry).parent, f"{entry} inside {name}")
         (root / entry).unlink()
+    return folder
 
 
 def _check_image(path: Path, name: str) -> None:

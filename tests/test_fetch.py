@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import sys
 import zipfile
 from pathlib import Path
@@ -223,8 +224,8 @@ def past_the_end(folder: Path) -> str:
 
 
 def stray_zip(folder: Path) -> str:
-    zip_folder(folder, folder / "severstal-steel-defect-detection.zip")  # its own zip, beside
-    return "severstal-steel-defect-detection.zip"
+    zip_folder(folder, folder / "backup.zip")  # a zip of its own files, beside them
+    return "backup.zip"
 
 
 @pytest.mark.parametrize(
@@ -249,6 +250,9 @@ def test_a_damaged_zip_is_one_line_naming_it(real_kaggle_folder, tmp_path):
     archive = tmp_path / "severstal.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.write(real_kaggle_folder / "train.csv", "train.csv")
+        for path in sorted(real_kaggle_folder.rglob("*")):
+            if path.is_file() and path.name != "train.csv":
+                zf.write(path, path.relative_to(real_kaggle_folder))
     data = bytearray(archive.read_bytes())
     data[60:90] = bytes(30)  # inside train.csv's deflated data: its CRC no longer holds
     archive.write_bytes(data)
@@ -273,6 +277,77 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(mounts, real_kaggle_folder, 
     assert line.startswith("steelflow fetch: error: ") and f"{source[given]}: could not" in line
     assert "could not be copied into the output (No space left on device): free space" in line
     assert done.stdout.splitlines()[-1] == "left: "
+
+
+def test_the_download_unzipped_beside_its_zip_is_read_and_the_zip_left(
+    real_kaggle_folder, tmp_path
+):
+    """`kaggle competitions download` then `unzip` in the same folder."""
+    zip_folder(real_kaggle_folder, real_kaggle_folder / "severstal-steel-defect-detection.zip")
+    out = tmp_path / "raw"
+    fetch({"source": "local", "local_path": str(real_kaggle_folder)}, 0, out)
+    assert not list(out.glob("*.zip")) and len(list((out / "train_images").iterdir())) == 6
+
+
+@pytest.mark.parametrize("given", ["zip", "folder"])
+def test_files_inside_one_folder_are_read_from_it(real_kaggle_folder, tmp_path, given):
+    """A zip of the extracted folder, or the folder it extracts to, one level deeper."""
+    wrapper = tmp_path / "download"
+    wrapper.mkdir()
+    real_kaggle_folder.rename(wrapper / "severstal")
+    (wrapper / "__MACOSX").mkdir()  # what a Mac's archiver adds beside
+    source = wrapper
+    if given == "zip":
+        source = tmp_path / "severstal.zip"
+        with zipfile.ZipFile(source, "w") as zf:
+            for path in sorted(wrapper.rglob("*")):
+                zf.write(path, path.relative_to(wrapper))
+    out = tmp_path / "raw"
+    fetch({"source": "local", "local_path": str(source)}, 0, out)
+    assert {p.name for p in out.iterdir()} == {
+        ".steelflow",
+        "train.csv",
+        "sample_submission.csv",
+        "train_images",
+        "test_images",
+    }
+    assert len(list((out / "train_images").iterdir())) == 6
+    (wrapper / "severstal" / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    if given == "folder":  # errors name the file where it is
+        with pytest.raises(SourceError, match=rf"^{wrapper}/severstal/train.csv: no defect masks"):
+            fetch({"source": "local", "local_path": str(source)}, 0, tmp_path / "again")
+
+
+def test_a_zip_made_on_windows_separates_folders_by_backslashes(real_kaggle_folder, tmp_path):
+    archive = tmp_path / "severstal.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(real_kaggle_folder.rglob("*")):
+            if path.is_file():  # as PowerShell's Compress-Archive of .NET Framework wrote them
+                zf.write(path, "\\".join(path.relative_to(real_kaggle_folder).parts))
+    assert "train_images\\" in "".join(zf.namelist())
+    out = tmp_path / "raw"
+    fetch({"source": "local", "local_path": str(archive)}, 0, out)
+    assert len(list((out / "train_images").glob("*.jpg"))) == 6
+    assert len(list((out / "test_images").glob("*.jpg"))) == 2
+
+
+@pytest.mark.parametrize("given", ["zip", "folder"])
+def test_a_source_without_the_layout_is_refused_before_anything_is_copied(tmp_path, given):
+    """A wrong folder (here of images alone) is named at once, not copied whole first:
+    its named pipe would stop any copy."""
+    folder = tmp_path / "photos"
+    (folder / "train_images").mkdir(parents=True)
+    (folder / "train_images" / "a.jpg").write_bytes(b"\xff\xd8")
+    os.mkfifo(folder / "pipe")
+    source = folder
+    if given == "zip":
+        source = tmp_path / "photos.zip"
+        with zipfile.ZipFile(source, "w") as zf:
+            zf.write(folder / "train_images" / "a.jpg", "train_images/a.jpg")
+    out = tmp_path / "raw"
+    with pytest.raises(SourceError, match=rf"{source}: train.csv is missing; expected the "):
+        fetch({"source": "local", "local_path": str(source)}, 0, out)
+    assert not out.exists() and not leftovers(tmp_path)
 
 
 def test_local_source_needs_a_path(tmp_path):

@@ -470,6 +470,7 @@ def test_a_failing_stage_leaves_no_output_that_looks_complete(project):
     result = snakemake("--cores", "2", cwd=project, check=False)
     assert result.returncode != 0
     assert "missing.zip does not exist" in (project / "logs/fetch.log").read_text()
+    assert "missing.zip does not exist" in result.stderr + result.stdout  # the profile shows it
     assert not (project / "resources/raw").exists()
     assert not [p for p in project.glob("resources/*") if p.name.endswith(".tmp")]
 
@@ -528,15 +529,30 @@ def test_a_newer_local_zip_fetches_again_and_a_new_seed_does_not(project, tmp_pa
                 zf.write(file, file.relative_to(data))
     local = ["--config", f"data={{source: local, local_path: {archive}}}"]
     snakemake("--cores", "1", "resources/raw", *local, cwd=project)
-
-    def planned(*extra):
-        out = snakemake("--dry-run", "resources/raw", *local, *extra, cwd=project).stdout
-        return set(re.findall(r"^rule (\w+):", out, re.MULTILINE))
-
-    assert planned() == set()
-    assert planned("seed=7") == set()  # the synthetic draw's, not this source's
+    assert fetch_planned(project, *local) == set()
+    assert fetch_planned(project, *local, "seed=7") == set()  # the synthetic draw's
     os.utime(archive, (time.time() + 60, time.time() + 60))  # a new copy of the zip
-    assert planned() == {"fetch"}
+    assert fetch_planned(project, *local) == {"fetch"}
+
+
+def test_a_local_folder_fetches_again_for_a_train_csv_copied_over_its_own(project, tmp_path):
+    """A folder's time is that of its list of files: a file copied over another in the
+    folder, or in the one folder the files were extracted inside, leaves it as it was."""
+    data = fetch_synthetic(tmp_path / "download" / "severstal", 6, 2)
+    local = ["--config", f"data={{source: local, local_path: {tmp_path / 'download'}}}"]
+    snakemake("--cores", "1", "resources/raw", *local, cwd=project)
+    assert fetch_planned(project, *local) == set()
+    train = data / "train.csv"
+    folders = {p: p.stat().st_mtime_ns for p in (data, data.parent)}
+    train.write_text("".join(train.read_text().splitlines(keepends=True)[:-1]))  # in place
+    assert {p: p.stat().st_mtime_ns for p in folders} == folders
+    assert fetch_planned(project, *local) == {"fetch"}
+
+
+def fetch_planned(project: Path, *config: str) -> set[str]:
+    """The rules a dry run of resources/raw plans, with ``config`` (--config ...)."""
+    out = snakemake("--dry-run", "resources/raw", *config, cwd=project).stdout
+    return set(re.findall(r"^rule (\w+):", out, re.MULTILINE))
 
 
 @pytest.mark.parametrize(

@@ -65,13 +65,25 @@ class Arguments:
 CONFIG = Arguments(config_arguments())
 
 
+IMAGE_FOLDERS = ("train_images", "test_images")
+
+
 def local_source(wildcards):
-    """The local source's zip or folder, where there is one: fetch's input."""
+    """The local source, where there is one: fetch's inputs, so that a newer one fetches
+    again. A zip; or a folder, its entries and, in a folder beside them (the files
+    extracted inside one folder), theirs: a folder's time is that of its list of files,
+    not of the files, so an image folder stands for its images' names and a train.csv
+    copied over the old one is seen."""
     data = config["data"]
     if data["source"] != "local" or not data["local_path"]:
         return []
     path = local_path(data["local_path"])
-    return [str(path)] if path.exists() else []  # else fetch says so in its own line
+    if not path.is_dir():
+        return [str(path)] if path.exists() else []  # else fetch says so in its own line
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    below = [p for e in entries if e.is_dir() and e.name not in IMAGE_FOLDERS for p in e.iterdir()]
+    shown = [p for p in below if not p.name.startswith(".")]
+    return [str(path), *map(str, entries), *map(str, shown)]
 
 
 def rerun_marker(stage):

@@ -22,7 +22,7 @@ rule config:
 rule fetch:
     input:
         record=rerun_marker("fetch"),
-        local=local_source,  # a local zip or folder: a newer one fetches again
+        local=local_source,  # a local zip or folder (and its files): a newer one fetches again
     output:
         directory("resources/raw"),
     params:

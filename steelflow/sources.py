@@ -303,7 +303,7 @@ def _redact(text: str) -> str:
 
 
 IMAGE_ZIPS = ("train_images.zip", "test_images.zip")  # how Kaggle once shipped the images
-PASSED_OVER = {"__MACOSX", ".DS_Store", "Thumbs.db"}  # what an archiver or a desktop adds
+PASSED_OVER = {"__MACOSX", "Thumbs.db"}  # what an archiver or a desktop adds, as hidden files
 
 
 def _lacks(names: set[str]) -> str | None:
@@ -327,7 +327,8 @@ def layout_folder(children: Callable[[str], set[str]], label: str) -> str:
     lacking = _lacks(names)
     if lacking is None:
         return ""
-    if len(others := names - PASSED_OVER) == 1:
+    others = {n for n in names if n not in PASSED_OVER and not n.startswith(".")}
+    if len(others) == 1:
         folder = f"{others.pop()}/"
         if _lacks(children(folder)) is None:
             log.info("%s: the competition's files are in %s; reading them there", label, folder)
@@ -349,7 +350,11 @@ def copy_local(source: Path, out: Path) -> str:
         return extract_zip(source, out, layout=True)
 
     def children(inside: str) -> set[str]:
-        return set(os.listdir(source / inside)) if (source / inside).is_dir() else set()
+        try:
+            return set(os.listdir(source / inside)) if (source / inside).is_dir() else set()
+        except OSError as e:
+            why = f"cannot be read ({e.strerror})"
+            raise SourceError(f"data.local_path {source / inside}: {why}") from None
 
     folder = layout_folder(children, f"data.local_path {source}")
     source = source / folder

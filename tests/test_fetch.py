@@ -295,7 +295,8 @@ def test_files_inside_one_folder_are_read_from_it(real_kaggle_folder, tmp_path, 
     wrapper = tmp_path / "download"
     wrapper.mkdir()
     real_kaggle_folder.rename(wrapper / "severstal")
-    (wrapper / "__MACOSX").mkdir()  # what a Mac's archiver adds beside
+    (wrapper / "__MACOSX").mkdir()  # what a Mac's archiver and Finder add beside
+    (wrapper / ".DS_Store").write_bytes(b"\0")
     source = wrapper
     if given == "zip":
         source = tmp_path / "severstal.zip"

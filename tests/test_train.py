@@ -450,9 +450,11 @@ def test_an_ema_that_keeps_only_the_last_step_validates_as_the_raw_weights(data,
 def test_cuda_mixed_precision_trains_and_resumes(
     data, tmp_path, monkeypatch, unet, network, precision
 ):
-    """On a GPU: autocast in fp16 (with the GradScaler) or bf16, killed after epoch 1 and
-    resumed; the checkpoint loads on a CPU."""
+    """On a GPU: autocast in fp16 (with the GradScaler) or bf16, batches from two
+    persistent loader workers into pinned memory, killed after epoch 1 and resumed; the
+    checkpoint loads on a CPU."""
     cuda = {"train.device": "cuda", "train.precision": precision, f"{network}.epochs": 2}
+    cuda["machine.workers"] = 2
     cuda["start"] = unet if network == "classifier" else None
     interrupted_after_one_epoch(data, tmp_path, monkeypatch, name=network, **cuda)
     train_network(data, tmp_path, name=network, resume=True, **cuda)

@@ -610,21 +610,28 @@ def test_the_device_path_gives_the_cpu_path_s_submission(project):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
-def test_prediction_on_a_gpu_finds_what_the_cpu_finds(project):
+@pytest.mark.parametrize("kaggle", [False, True], ids=["one-model", "two-folds-hflip"])
+def test_prediction_on_a_gpu_finds_what_the_cpu_finds(project, kaggle):
     """Decoding, thresholds and RLE on the device: the same masks as on the CPU (fp32),
-    but for pixels within rounding of a threshold (nvJPEG's inverse DCT, float sums)."""
+    but for pixels within rounding of a threshold (nvJPEG's inverse DCT, float sums);
+    also as configs/kaggle.yaml predicts: every fold's models, flip TTA, one class a pixel."""
     from steelflow.predict import Predictor, predict_images
 
     train = {**load(TEST_CONFIG)["train"], "precision": "fp32"}
     images = project / "raw/test_images"
     names = sorted(p.name for p in images.glob("*.jpg"))
+    classifiers, unets = trained_pair(project, 0)
+    if kaggle:
+        more = trained_pair(project, 1)
+        classifiers, unets = classifiers + more[0], unets + more[1]
+    tta = "hflip" if kaggle else "none"
     predictors = {
-        device: Predictor(*trained_pair(project, 0), {**train, "device": device})
+        device: Predictor(classifiers, unets, {**train, "device": device}, tta)
         for device in ("cpu", "cuda")
     }
     prob = predictors["cpu"].mask_prob([predictors["cpu"].read(images / n) for n in names])
     pixel = [float(np.percentile(prob[:, k].numpy(), 95)) for k in range(4)]  # some found
-    th = Thresholds(False, [True] * 4, [0.0] * 4, pixel, [0] * 4, [0, 5, 0, 0])
+    th = Thresholds(kaggle, [True] * 4, [0.0] * 4, pixel, [0] * 4, [0, 5, 0, 0])
     found = {}
     for device, predictor in predictors.items():
         rows = predict_images(predictor, th, names, predictor.reader(images), 2)

@@ -85,8 +85,9 @@ class Step:
         with autocast(self.device, self.dtype):
             logits = self.net(x)
         loss = self.task.loss(logits, target)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss is {loss.item()}")
+        value = loss.item()  # waits for the forward pass alone, before backward is queued
+        if not math.isfinite(value):
+            raise TrainingError(f"loss is {value}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -94,7 +95,7 @@ class Step:
         self.schedule.step()
         if self.ema:
             self.ema.update_parameters(self.net)
-        return loss.item()
+        return value
 
 
 def make_loaders(

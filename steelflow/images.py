@@ -5,6 +5,7 @@ its size (``check_size``) and, for a list of them, that each is there (``check_l
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -21,12 +22,20 @@ PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, C
 
 def list_images(folder: str | Path) -> list[Path]:
     """The image files of ``folder``, sorted: every file but hidden ones must end in
-    ``.jpg``, ``.jpeg`` or ``.png`` (any case); subfolders are not looked into."""
+    ``.jpg``, ``.jpeg`` or ``.png`` (any case) and be named in UTF-8, as a submission's
+    rows are written; subfolders are not looked into."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SteelflowError(f"{folder}: not found or not a folder; expected a folder of images")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     for path in files:
+        try:
+            path.name.encode()
+        except UnicodeEncodeError:  # bytes Python could not decode: an old zip's, a share's
+            raise SteelflowError(
+                f"{folder}: file name {os.fsencode(path.name)!r} is not UTF-8; expected UTF-8 "
+                "names (rename it, e.g. with convmv)"
+            ) from None
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise SteelflowError(
                 f"{path}: not a JPEG or PNG image (expected .jpg, .jpeg or .png, any case)"

@@ -25,6 +25,7 @@ in memory, however many images there are.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,9 @@ from steelflow.thresholds import Thresholds
 H, W = rle.SHAPE
 C = len(CLASSES)
 CORES = usable_cores()  # threads that decode and RLE-encode
+STRETCH = 1.1  # an image whose width-to-height ratio is this far from 1600x256's is named
+
+log = logging.getLogger(__name__)
 
 
 def load_network(path: Path, task: str, device: torch.device):
@@ -475,11 +479,15 @@ def predict_folder(
     if not names:
         raise SteelflowError(f"{folder}: holds no images; expected JPEG or PNG files")
     kept = {}  # full-size images of the batches in flight: overlays, or a size to restore
+    stretched = []  # images of another shape, which the networks see stretched to 1600x256
 
     def read(name: str) -> Views:
         gray = read_gray(folder / name)
         if overlays or gray.shape != (H, W):
             kept[name] = gray
+        ratio = (gray.shape[1] / gray.shape[0]) / (W / H)
+        if max(ratio, 1 / ratio) > STRETCH:
+            stretched.append(f"{name} ({gray.shape[1]}x{gray.shape[0]})")
         return predictor.views_of(gray)
 
     rows = []
@@ -499,4 +507,13 @@ def predict_folder(
         found = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
         table = submission_table(found, names, layout)
         table.to_csv(tmp / "predictions.csv", index=False)
+    if stretched:
+        log.warning(
+            "%d of %d images are not shaped as 1600x256 (width 6.25 times the height), so the "
+            "networks saw them stretched to it, which they were not trained on: %s%s",
+            len(stretched),
+            len(names),
+            ", ".join(stretched[:3]),
+            ", ..." if len(stretched) > 3 else "",
+        )
     return table

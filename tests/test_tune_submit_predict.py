@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import zipfile
@@ -413,19 +414,39 @@ def test_predict_on_a_folder_of_user_images(project, tmp_path):
         assert overlay.shape[:2] == ((128, 800) if name == "small.png" else (256, 1600))
 
 
+def test_predict_names_the_images_it_stretched_to_the_networks_shape(project, tmp_path, caplog):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    gray = cv2.imread(str(sorted((project / "raw/test_images").glob("*.jpg"))[0]), 0)
+    cv2.imwrite(str(folder / "a.png"), gray)
+    cv2.imwrite(str(folder / "small.png"), cv2.resize(gray, (800, 128)))  # the same shape
+    cv2.imwrite(str(folder / "tile.png"), gray[:, :256])
+    with caplog.at_level(logging.WARNING, logger="steelflow.predict"):
+        assert (
+            main(["predict", str(folder), "--out", str(tmp_path / "out"), *models_args(project)])
+            == 0
+        )
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        warning.startswith("1 of 3 images are not shaped as 1600x256")
+        and "tile.png (256x256)" in warning
+    )
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         ({}, "holds no images"),
         ({"notes.txt": b"hello"}, r"notes.txt: not a JPEG or PNG image"),
         ({"broken.jpg": b"\xff\xd8\xff\xe0garbage"}, r"broken.jpg: cannot be read as an image"),
+        ({b"lat\xe9in.jpg": b"\xff\xd8"}, "in.jpg' is not UTF-8; expected UTF-8 names"),
     ],
 )
 def test_predict_refuses_bad_folders_clearly(project, tmp_path, capsys, content, message):
     folder = tmp_path / "bad"
     folder.mkdir()
     for name, data in content.items():
-        (folder / name).write_bytes(data)
+        (folder / os.fsdecode(name)).write_bytes(data)
     assert (
         main(["predict", str(folder), "--out", str(tmp_path / "out"), *models_args(project)]) == 1
     )

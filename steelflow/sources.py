@@ -327,15 +327,18 @@ def layout_folder(children: Callable[[str], set[str]], label: str) -> str:
     lacking = _lacks(names)
     if lacking is None:
         return ""
+    zips = sorted(n for n in names if n.endswith(".zip") and n not in IMAGE_ZIPS)
     others = {n for n in names if n not in PASSED_OVER and not n.startswith(".")}
+    others -= {f"{COMPETITION}.zip"}  # where it was downloaded, beside what it extracted to
     if len(others) == 1:
         folder = f"{others.pop()}/"
         if _lacks(children(folder)) is None:
             log.info("%s: the competition's files are in %s; reading them there", label, folder)
             return folder
+    hint = f" (it holds {zips[0]}: set data.local_path to that zip)" if zips else ""
     raise SourceError(
-        f"{label}: {lacking} is missing; expected the competition's zip or the folder it "
-        "extracts to (train.csv, sample_submission.csv, train_images/, test_images/)"
+        f"{label}: {lacking} is missing{hint}; expected the competition's zip or the folder "
+        "it extracts to (train.csv, sample_submission.csv, train_images/, test_images/)"
     )
 
 

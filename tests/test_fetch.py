@@ -297,6 +297,8 @@ def test_files_inside_one_folder_are_read_from_it(real_kaggle_folder, tmp_path, 
     real_kaggle_folder.rename(wrapper / "severstal")
     (wrapper / "__MACOSX").mkdir()  # what a Mac's archiver and Finder add beside
     (wrapper / ".DS_Store").write_bytes(b"\0")
+    if given == "folder":  # unzipped into a folder of its own, beside the download
+        zip_folder(wrapper / "severstal", wrapper / "severstal-steel-defect-detection.zip")
     source = wrapper
     if given == "zip":
         source = tmp_path / "severstal.zip"
@@ -349,6 +351,18 @@ def test_a_source_without_the_layout_is_refused_before_anything_is_copied(tmp_pa
     with pytest.raises(SourceError, match=rf"{source}: train.csv is missing; expected the "):
         fetch({"source": "local", "local_path": str(source)}, 0, out)
     assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_a_folder_holding_the_downloaded_zip_alone_points_at_it(real_kaggle_folder, tmp_path):
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    zip_folder(real_kaggle_folder, folder / "severstal-steel-defect-detection.zip")
+    with pytest.raises(
+        SourceError,
+        match=r"train.csv is missing \(it holds severstal-steel-defect-detection.zip: set "
+        r"data.local_path to that zip\)",
+    ):
+        fetch({"source": "local", "local_path": str(folder)}, 0, tmp_path / "raw")
 
 
 def test_local_source_needs_a_path(tmp_path):

@@ -48,9 +48,13 @@ def save(fig: plt.Figure, path) -> None:
     plt.close(fig)
 
 
+OVERALL_COLORS = {"score": "black", "auc": "black", "pair_dice": "0.55", "f1": "0.55"}
+
+
 def plot_history(history: pd.DataFrame, name: str, path) -> None:
     """Training curves: losses, and the validation metrics, per epoch; a class's
-    metrics in its colour, its pooled Dice dashed."""
+    metrics in its colour, its pooled Dice dashed with open squares, the metrics of all
+    classes in black and gray."""
     metrics = [
         c for c in history.columns if c.startswith(("auc", "f1", "dice", "pooled", "pair", "score"))
     ]
@@ -65,15 +69,18 @@ def plot_history(history: pd.DataFrame, name: str, path) -> None:
     left.set_title(f"{name}: loss")
     left.legend()
     for column in metrics:
-        style = {"linestyle": "--" if column.startswith("pooled") else "-"}
+        pooled = column.startswith("pooled")
+        style = {"linestyle": "--", "marker": "s", "markerfacecolor": "none"} if pooled else {}
         prefix, _, cls = column.rpartition("_")
         if prefix and cls.isdigit():  # dice_defect_3, pooled_dice_3: class 3's colour
             style["color"] = class_colour(int(cls))
-        right.plot(history.epoch, history[column], marker="o", label=column, **style)
+        elif column in OVERALL_COLORS:
+            style["color"] = OVERALL_COLORS[column]
+        right.plot(history.epoch, history[column], **{"marker": "o", **style}, label=column)
     right.set_xlabel("epoch")
     right.set_ylim(0, 1)
     right.set_title(f"{name}: validation")
-    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    right.legend(fontsize=8, handlelength=3, loc="center left", bbox_to_anchor=(1.01, 0.5))
     save(fig, path)
 
 

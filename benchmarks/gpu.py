@@ -86,7 +86,8 @@ def training(name: str, config: dict, data: Path, batches: int) -> dict:
     decode_seconds = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    row = network_speeds(task, loader, device, {"config": config["train"]["precision"]}, batches)
+    precision = {"config": config["train"]["precision"]}
+    row = network_speeds(task, loader, device, precision, batches, ema=True)
     row["peak_gpu_mb"] = peak_gpu_mb(device)
     row["decode_once_images_per_s"] = len(loader.dataset.decoded.rows) / decode_seconds
     dtype = pick_precision(config["train"]["precision"], device)
@@ -248,15 +249,17 @@ def markdown(r: dict) -> str:
         "Training, images/s (training estimate: the config's epochs on 12,568 images, "
         "a fifth of them validating):",
         "",
-        "| network | input | batch | data pipeline | model step | training | data / model | "
-        "validation | peak GPU memory | estimated time per fold |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| network | input | batch | data pipeline | model step | model step with EMA | "
+        "training | data / model | validation | peak GPU memory | estimated time per fold |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, t in r["training"].items():
         memory = f"{t['peak_gpu_mb'] / 1024:.1f} GiB" if t["peak_gpu_mb"] else "-"
+        ema = t.get("model_ema_images_per_s_config")
         lines.append(
             f"| {name} | {t['input']} | {t['batch_size']} | {t['data_images_per_s']:.0f} | "
             f"{t['model_images_per_s_config']:.0f} ({t['dtype_config']}) | "
+            f"{f'{ema:.0f}' if ema else '-'} | "
             f"{t['train_images_per_s_config']:.0f} | {t['data_to_model_ratio']:.1f}x | "
             f"{t['val_images_per_s']:.0f} | {memory} | "
             f"{t['estimated_minutes_per_fold']:.1f} min ({t['epochs']} epochs) |"

@@ -404,6 +404,8 @@ def gpu(name: str, data: dict) -> list[str]:
             network, r["input"], str(r["batch_size"]),
             f"{r['data_images_per_s']:.0f}",
             f"{r['model_images_per_s_config']:.0f} ({r['dtype_config']})",
+            f"{r['model_ema_images_per_s_config']:.0f}"
+            if r.get("model_ema_images_per_s_config") else "-",
             f"{r['train_images_per_s_config']:.0f}", f"{r['data_to_model_ratio']:.2f}x",
             f"{r['val_images_per_s']:.0f}", f"{r['peak_gpu_mb'] / 1024:.1f} GiB",
             f"{r['estimated_minutes_per_fold']:.1f} min ({r['epochs']} epochs)",
@@ -411,8 +413,8 @@ def gpu(name: str, data: dict) -> list[str]:
         for network, r in training.items()
     ]  # fmt: skip
     header = [
-        "network", "input", "batch", "data pipeline", "model step", "training",
-        "data / model", "validation", "peak GPU memory", "estimated time per fold",
+        "network", "input", "batch", "data pipeline", "model step", "model step with EMA",
+        "training", "data / model", "validation", "peak GPU memory", "estimated time per fold",
     ]  # fmt: skip
     predicted = [
         [

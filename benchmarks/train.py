@@ -58,9 +58,13 @@ def endless(loader: DataLoader):
         yield from loader
 
 
-def network_speeds(task, loader: DataLoader, device, precisions: dict, batches: int) -> dict:
+def network_speeds(
+    task, loader: DataLoader, device, precisions: dict, batches: int, ema: bool = False
+) -> dict:
     """Images/s of the data pipeline alone, and per precision (``{label: precision}``) of
-    the model step alone (a batch already on the device) and of real training steps."""
+    the model step alone (a batch already on the device) and of real training steps;
+    with ``ema``, also of the model step with the network's weight average (None where
+    its ``ema_decay`` is 0), as training takes it."""
     fmt = memory_format(task.config["train"]["channels_last"])
     size = loader.batch_size
     stream = endless(loader)
@@ -81,6 +85,12 @@ def network_speeds(task, loader: DataLoader, device, precisions: dict, batches: 
         row[f"train_images_per_s_{label}"] = images_per_s(
             lambda step=step: step(*next(stream)), batches, size
         )
+        if ema:
+            average = train.averaged(model, task.cfg)
+            step = train.Step(model, task, optimizer, schedule, scaler, device, dtype, fmt, average)
+            row[f"model_ema_images_per_s_{label}"] = average and images_per_s(
+                lambda step=step: step(*batch), batches, size
+            )
         row[f"dtype_{label}"] = str(dtype).replace("torch.", "") if dtype else "fp32"
     return row
 

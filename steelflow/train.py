@@ -98,6 +98,15 @@ class Step:
         return value
 
 
+def averaged(model: torch.nn.Module, cfg: dict) -> AveragedModel | None:
+    """The exponential moving average of ``model``'s weights and buffers that the network's
+    ``ema_decay`` asks for, or None where it is 0."""
+    if not cfg["ema_decay"]:
+        return None
+    decay = get_ema_multi_avg_fn(cfg["ema_decay"])
+    return AveragedModel(model, multi_avg_fn=decay, use_buffers=True)
+
+
 def make_loaders(
     task: Task, images: Path, masks: Path, split: Path, device: torch.device, scratch: Path
 ):
@@ -314,11 +323,7 @@ def fit(
     model = task.model().to(device, memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     schedule = lr_schedule(optimizer, cfg, len(train_loader))
-    ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=True)
-        if cfg["ema_decay"]
-        else None
-    )
+    ema = averaged(model, cfg)
     # fp16's loss scale, saved and resumed with the rest: a fresh one would skip steps
     # to find it again after every resume
     scaler = loss_scaler(device, dtype)

@@ -80,10 +80,19 @@ def local_source(wildcards):
     path = local_path(data["local_path"])
     if not path.is_dir():
         return [str(path)] if path.exists() else []  # else fetch says so in its own line
-    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
-    below = [p for e in entries if e.is_dir() and e.name not in IMAGE_FOLDERS for p in e.iterdir()]
-    shown = [p for p in below if not p.name.startswith(".")]
-    return [str(path), *map(str, entries), *map(str, shown)]
+    entries = shown_entries(path)
+    folders = [e for e in entries if e.is_dir() and e.name not in IMAGE_FOLDERS]
+    below = [p for folder in folders for p in shown_entries(folder)]
+    return [str(path), *map(str, entries), *map(str, below)]
+
+
+def shown_entries(folder):
+    """The entries of ``folder`` but hidden ones; none where it cannot be read (fetch
+    then says so in its own line)."""
+    try:
+        return [p for p in folder.iterdir() if not p.name.startswith(".")]
+    except OSError:
+        return []
 
 
 def rerun_marker(stage):

@@ -27,8 +27,13 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise SteelflowError(f"{folder}: not found or not a folder; expected a folder of images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    shown = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = [p for p in shown if p.is_file() or (p.is_symlink() and not p.exists())]
     for path in files:
+        if not path.exists():
+            raise SteelflowError(
+                f"{path}: a link to {os.readlink(path)}, which is not there; expected an image"
+            )
         try:
             path.name.encode()
         except UnicodeEncodeError:  # bytes Python could not decode: an old zip's, a share's

@@ -13,7 +13,7 @@ import pytest
 
 from steelflow.cli import main
 from steelflow.errors import SteelflowError
-from steelflow.images import read_gray
+from steelflow.images import list_images, read_gray
 from steelflow.io import read_masks, read_sample_ids
 from steelflow.masks import MaskCache
 from tests.conftest import TEST_CONFIG, models_args
@@ -114,6 +114,16 @@ def test_jpeg_and_upper_case_train_images_land_in_the_mask_cache(local_folder, t
     cache = MaskCache(tmp_path / "masks")
     assert cache.image_ids == ["a.jpeg", "b.JPG", "c.png"]
     assert cache["a.jpeg"].sum() == 10 and not cache["b.JPG"].any()
+
+
+def test_a_link_to_nothing_among_the_images_is_refused_by_name(tmp_path):
+    """Not passed over: its image would be missing from the predictions without a word."""
+    (tmp_path / "a.jpg").write_bytes(encoded(".jpg"))
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")  # a link to an image is one
+    assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.jpg"]
+    (tmp_path / "c.jpg").symlink_to(tmp_path / "moved/c.jpg")
+    with pytest.raises(SteelflowError, match=r"c.jpg: a link to .*moved/c.jpg, which is not"):
+        list_images(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["notes.txt", "scan.bmp"])

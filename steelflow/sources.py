@@ -474,12 +474,9 @@ def check_layout(root: Path, label: str) -> None:
     must be a JPEG or PNG (``list_images``) that is whole, decodes and is 1600x256.
     Errors name the file as it is in ``label``, the source the user gave.
     """
-    for name in ("train.csv", "sample_submission.csv"):
-        if not (root / name).is_file():
-            raise SourceError(f"{label}: {name} is missing")
-    for name in ("train_images", "test_images"):
-        if not (root / name).is_dir():
-            raise SourceError(f"{label}: folder {name}/ is missing")
+    lacking = _lacks(set(os.listdir(root)))
+    if lacking:
+        raise SourceError(f"{label}: {lacking} is missing")
     try:
         train = read_masks(root / "train.csv")
         test_ids = read_sample_ids(root / "sample_submission.csv")
